@@ -51,7 +51,9 @@ def normalize_base_url(value: str) -> str:
     else:
         if address.version == 6:
             host = f"[{address.compressed}]"
-    if port is not None and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+    if port is not None and not (
+        (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+    ):
         return f"{scheme}://{host}:{port}"
     return f"{scheme}://{host}"
 

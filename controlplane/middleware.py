@@ -1,0 +1,101 @@
+"""The request pipeline: request id, access log, the one error envelope, body limit, platform auth.
+
+Every failure leaves through :func:`error_middleware` as ``{"error": {...}}`` with a stable code:
+domain errors, validation errors, aiohttp's own 404/405/413, and anything unexpected (a generic
+500 with no exception text).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+
+from controlplane import keys
+from controlplane.errors import ApiError, PayloadTooLarge, envelope
+from controlplane.http import Handler, dumps, operation_of
+from shared.errors import ErrorCode
+from shared.logs import get_logger
+
+log = get_logger("controlplane.http")
+access_log = get_logger("aiohttp.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+_HTTP_CODES = {
+    404: (ErrorCode.NOT_FOUND, "no such route"),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "method not allowed on this route"),
+    413: (ErrorCode.PAYLOAD_TOO_LARGE, "request body is too large"),
+}
+
+
+def _error_response(
+    status: int, code: str, message: str, details: object, request_id: str, headers: dict[str, str]
+) -> web.Response:
+    body = dumps(envelope(code, message, details, request_id))
+    response = web.Response(
+        body=body.encode(), status=status, content_type="application/json", charset="utf-8"
+    )
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("x-request-id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[keys.REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(requestId=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error_response(
+            exc.status, exc.code.value, exc.message, exc.details, request_id, exc.headers
+        )
+    except web.HTTPException as exc:
+        code, message = _HTTP_CODES.get(exc.status, (ErrorCode.INTERNAL_ERROR, "internal error"))
+        if exc.status not in _HTTP_CODES and exc.status < 500:
+            code, message = ErrorCode.VALIDATION_ERROR, exc.reason
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        status = exc.status if exc.status in _HTTP_CODES or exc.status < 500 else 500
+        response = _error_response(status, code.value, message, None, request_id, headers)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        response = _error_response(
+            500, ErrorCode.INTERNAL_ERROR.value, "internal error", None, request_id, {}
+        )
+    response.headers["x-request-id"] = request_id
+    route = request.match_info.route.resource
+    access_log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        route=route.canonical if route is not None else None,
+        status=response.status,
+        durationMs=round((time.perf_counter() - started) * 1000, 2),
+        actor=request.get(keys.ACTOR),
+    )
+    structlog.contextvars.unbind_contextvars("requestId")
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Generic check order steps 2 and 3: body size from Content-Length, then platform auth."""
+    op = operation_of(request.match_info.handler)
+    if op is None:  # unmatched route: the handler raises 404/405
+        return await handler(request)
+    settings = request.app[keys.SETTINGS]
+    length = request.content_length
+    if length is not None and length > settings.server.max_body_bytes:
+        raise PayloadTooLarge(f"request body exceeds {settings.server.max_body_bytes} bytes")
+    auth = op.auth
+    if auth == "metrics":
+        auth = "none" if settings.metrics.public else "platform"
+    if auth == "platform":
+        request[keys.ACTOR] = await request.app[keys.AUTHENTICATOR].authenticate(request.headers)
+    return await handler(request)

@@ -1,0 +1,1 @@
+"""Domain logic. Services raise domain errors and never import aiohttp.web."""

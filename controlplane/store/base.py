@@ -1,0 +1,61 @@
+"""The storage interface every service talks to, whatever the database.
+
+Services never see a driver. They open a read or a write scope and call repository functions
+(``controlplane.store.<resource>``) that take a :class:`Connection`. SQL is written once, in a
+portable subset, with ``?`` placeholders; each backend adapts it. A write scope is one
+transaction: it commits when the block exits normally and rolls back on any exception, so a request
+that fails writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+Row = Mapping[str, Any]
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class Connection(Protocol):
+    dialect: Dialect
+
+    @property
+    def for_update(self) -> str:
+        """`` FOR UPDATE`` where row locks exist (PostgreSQL); SQLite serialises writers instead."""
+        ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; return the number of rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Store(Protocol):
+    dialect: Dialect
+    description: str
+
+    def read(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads; sees every committed write."""
+        ...
+
+    def write(self) -> AbstractAsyncContextManager[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite, ``BEGIN`` on PostgreSQL)."""
+        ...
+
+    async def singleton_lock(self, conn: Connection, name: str) -> None:
+        """Inside a write transaction: wait for a lock only one replica holds until commit."""
+        ...
+
+    async def try_singleton_lock(self, conn: Connection, name: str) -> bool:
+        """Like :meth:`singleton_lock` but never waits: ``False`` when another replica holds it."""
+        ...
+
+    async def close(self) -> None: ...

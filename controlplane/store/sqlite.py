@@ -1,0 +1,128 @@
+"""Embedded SQLite store: one writer connection, WAL, ``BEGIN IMMEDIATE``, read-only readers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import aiosqlite
+
+from controlplane.store.base import Connection, Dialect, Row
+
+sqlite3.register_adapter(Decimal, str)
+
+_READERS = 3
+
+
+class SqliteConnection:
+    dialect: Dialect = "sqlite"
+    for_update = ""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._conn.execute(sql, args) as cursor:
+            return cast(list[Row], list(await cursor.fetchall()))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async with self._conn.execute(sql, args) as cursor:
+            return cast(Row | None, await cursor.fetchone())
+
+    async def _first(self, sql: str, *args: Any) -> Any:
+        async with self._conn.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+            return None if row is None else row[0]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._first(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._conn.execute(sql, args) as cursor:
+            return int(cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def executescript(self, sql: str) -> None:
+        await self._conn.executescript(sql)
+
+
+async def _open(path: str, *, readonly: bool) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA busy_timeout = 10000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        await conn.execute("PRAGMA query_only = ON")
+    else:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a 200 means the change survives a power cut, not only a process crash.
+        await conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class SqliteStore:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = f"sqlite:///{path}"
+        self._writer: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await _open(str(self.path), readonly=False)
+        for _ in range(_READERS):
+            reader = await _open(str(self.path), readonly=True)
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        reader = await self._readers.get()
+        try:
+            yield SqliteConnection(reader)
+        finally:
+            self._readers.put_nowait(reader)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Connection]:
+        assert self._writer is not None, "store is not open"
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteConnection(self._writer)
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def singleton_lock(self, conn: Connection, name: str) -> None:
+        # One process owns the file's single writer; BEGIN IMMEDIATE already excludes the rest.
+        return None
+
+    async def try_singleton_lock(self, conn: Connection, name: str) -> bool:
+        # One process owns the file's single writer; BEGIN IMMEDIATE already excludes the rest.
+        return True
+
+    async def raw_writer(self) -> SqliteConnection:
+        """The writer outside a transaction, for migrations that manage their own."""
+        assert self._writer is not None
+        return SqliteConnection(self._writer)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
