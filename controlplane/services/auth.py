@@ -72,16 +72,16 @@ class ApiKeyAuthenticator:
         return f"api-key:{key_id}"
 
     async def _lookup(self, presented: str) -> str | None:
-        for known, key_id in self._configured.items():
+        for known, configured_id in self._configured.items():
             if hmac.compare_digest(known, presented):
-                return key_id
+                return configured_id
         now = time.monotonic()
         cached = self._cache.get(presented)
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._store.read() as conn:
             row = await api_keys.find_active_by_digest(conn, presented)
-        key_id: str | None = None
+        key_id = None
         if row is not None and hmac.compare_digest(row["digest"], presented):
             key_id = str(row["id"])
         if len(self._cache) > 10_000:
