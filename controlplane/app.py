@@ -9,7 +9,19 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from controlplane import keys
-from controlplane.api import audit, health
+from controlplane.api import (
+    agents,
+    audit,
+    catalogue,
+    graph,
+    health,
+    heartbeat,
+    machines,
+    metrics,
+    policies,
+    runtime_endpoints,
+    tasks,
+)
 from controlplane.middleware import auth_middleware, error_middleware
 from controlplane.services.auth import ApiKeyAuthenticator, ensure_admin_key
 from controlplane.services.secrets import load_cipher
@@ -20,7 +32,19 @@ from shared.logs import get_logger
 
 log = get_logger("controlplane.app")
 
-RESOURCES = (health, audit)
+RESOURCES = (
+    health,
+    metrics,
+    machines,
+    policies,
+    runtime_endpoints,
+    agents,
+    heartbeat,
+    graph,
+    catalogue,
+    tasks,
+    audit,
+)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,11 +10,32 @@ from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
+from controlplane.mmctl import (
+    admin,
+    agents,
+    audit,
+    catalogue,
+    endpoints,
+    graph,
+    machines,
+    policies,
+    tasks,
+)
 from controlplane.mmctl.client import ApiCallError, Client
 
 # Each group module defines ``register(subparsers)``; its commands set ``func`` (an async callable
 # taking ``(args, ctx)``). Add a group by importing it here.
-GROUPS: list[ModuleType] = []
+GROUPS: list[ModuleType] = [
+    machines,
+    agents,
+    endpoints,
+    graph,
+    tasks,
+    policies,
+    audit,
+    catalogue,
+    admin,
+]
 
 EXIT_OK, EXIT_API, EXIT_USAGE = 0, 1, 2
 
