@@ -31,7 +31,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         shared.append(structlog.processors.EventRenamer("msg"))
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # plain_traceback: rich's pretty tracebacks would print local variables (tokens among them).
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
         processors=[
