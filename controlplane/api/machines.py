@@ -1,7 +1,142 @@
-"""Routes of this resource (to be implemented)."""
+"""Machines and identity challenges (SPEC §3.3)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
+from pydantic import Field
+
+from controlplane import keys
+from controlplane.http import (
+    ignore_body,
+    item,
+    no_content,
+    operation,
+    page_request,
+    page_response,
+    parse_body,
+    query_enum,
+    query_str,
+)
+from controlplane.services import identity, machines
+from controlplane.services.identity_registry import ControllerResolver
+from shared.validation import WireModel
 
 routes = web.RouteTableDef()
+
+
+async def identity_resolver_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The controller resolver: its registry HTTP session and answer cache live with the app."""
+    resolver = ControllerResolver(app[keys.SETTINGS].identity)
+    app[keys.IDENTITY_RESOLVER] = resolver
+    yield
+    await resolver.close()
+
+
+def _services(request: web.Request) -> machines.MachineServices:
+    app = request.app
+    return machines.MachineServices(
+        store=app[keys.STORE], settings=app[keys.SETTINGS], resolver=app[keys.IDENTITY_RESOLVER]
+    )
+
+
+class MachineListQuery(WireModel):
+    status: machines.MachineStatus | None = None
+    owner_id: str | None = None
+    limit: int | None = Field(default=None, ge=1, le=500)
+    cursor: str | None = None
+
+
+@routes.post("/api/v1/machine-identity/challenges")
+@operation(
+    summary="Issue a single-use identity challenge to sign with EIP-191",
+    body=identity.CreateMachineIdentityChallengeRequest,
+    body_required=True,
+    response=identity.MachineIdentityChallenge,
+    status=201,
+    errors=(400, 503),
+    tags=("machines",),
+)
+async def create_challenge(request: web.Request) -> web.Response:
+    body = await parse_body(request, identity.CreateMachineIdentityChallengeRequest)
+    challenge = await identity.create_challenge(
+        request.app[keys.STORE],
+        request.app[keys.IDENTITY_RESOLVER],
+        request.app[keys.SETTINGS],
+        body.identity_ref,
+        actor=request[keys.ACTOR],
+    )
+    return item(challenge, status=201)
+
+
+@routes.get("/api/v1/machines")
+@operation(
+    summary="List machines (archived ones only with status=archived)",
+    query=MachineListQuery,
+    response=machines.Machine,
+    errors=(400,),
+    tags=("machines",),
+)
+async def list_machines(request: web.Request) -> web.Response:
+    status = query_enum(request, "status", machines.STATUSES)
+    owner_id = query_str(request, "ownerId")
+    page = page_request(request, "machines")
+    rows = await machines.list_machines(
+        request.app[keys.STORE], page, status=status, owner_id=owner_id
+    )
+    return page_response(page, rows, machines.machine_view, machines.page_position)
+
+
+@routes.post("/api/v1/machines")
+@operation(
+    summary="Create a machine (status draft)",
+    body=machines.CreateMachineRequest,
+    body_required=True,
+    response=machines.Machine,
+    status=201,
+    errors=(400, 409, 503),
+    tags=("machines",),
+)
+async def create_machine(request: web.Request) -> web.Response:
+    body = await parse_body(request, machines.CreateMachineRequest)
+    machine = await machines.create_machine(_services(request), body, actor=request[keys.ACTOR])
+    return item(machine, status=201)
+
+
+@routes.get("/api/v1/machines/{machineId}")
+@operation(summary="Get a machine", response=machines.Machine, errors=(404,), tags=("machines",))
+async def get_machine(request: web.Request) -> web.Response:
+    machine = await machines.get_machine(request.app[keys.STORE], request.match_info["machineId"])
+    return item(machine)
+
+
+@routes.patch("/api/v1/machines/{machineId}")
+@operation(
+    summary="Update a machine; status active applies the activation rules",
+    body=machines.UpdateMachineRequest,
+    response=machines.Machine,
+    errors=(400, 404, 409, 503),
+    tags=("machines",),
+)
+async def update_machine(request: web.Request) -> web.Response:
+    body = await parse_body(request, machines.UpdateMachineRequest, required=False)
+    machine = await machines.update_machine(
+        _services(request), request.match_info["machineId"], body, actor=request[keys.ACTOR]
+    )
+    return item(machine)
+
+
+@routes.delete("/api/v1/machines/{machineId}")
+@operation(
+    summary="Archive a machine and revoke its agents",
+    status=204,
+    errors=(400, 404),
+    tags=("machines",),
+)
+async def archive_machine(request: web.Request) -> web.Response:
+    await ignore_body(request)
+    await machines.archive_machine(
+        request.app[keys.STORE], request.match_info["machineId"], actor=request[keys.ACTOR]
+    )
+    return no_content()
