@@ -84,7 +84,10 @@ def settings(make_settings: SettingsFactory) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> TestClient[Any, Any]:
+async def client(
+    database_url: str, aiohttp_client: Any, settings: Settings
+) -> TestClient[Any, Any]:
+    # database_url before aiohttp_client: apps close before their PostgreSQL schema is dropped.
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     return client
 
@@ -96,7 +99,9 @@ def api(client: TestClient[Any, Any]) -> Api:
 
 
 @pytest.fixture
-def make_api(aiohttp_client: Any, make_settings: SettingsFactory) -> Callable[..., Any]:
+def make_api(
+    database_url: str, aiohttp_client: Any, make_settings: SettingsFactory
+) -> Callable[..., Any]:
     """Build an app with other settings and return an :class:`Api` for it."""
 
     async def factory(**overrides: Any) -> Api:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,9 @@ class Api:
         sent = dict(headers or {})
         if auth and self.key is not None and "x-api-key" not in sent:
             sent["x-api-key"] = self.key
-        data = raw_body if raw_body is not None else (None if body is None else json.dumps(body))
+        data: Any = raw_body if raw_body is not None else (None if body is None else json.dumps(body))
+        if isinstance(data, bytes) and len(data) > 64 * 1024:
+            data = io.BytesIO(data)
         async with self.client.request(method, url, data=data, headers=sent, params=params) as resp:
             text = await resp.text()
             parsed = json.loads(text) if text and resp.content_type == "application/json" else text
@@ -130,3 +133,58 @@ async def enroll_agent(api: Api, machine_id: str, **overrides: Any) -> dict[str,
     assert reply.status == 201, reply.body
     agent: dict[str, Any] = reply.item
     return agent
+
+
+async def make_task(api: Api, machine_id: str, **overrides: Any) -> dict[str, Any]:
+    """A queued task; by default a chat task for the shipped ``qvac.inference`` skill."""
+    body = {"skillKey": "qvac.inference", "operation": "chat", **overrides}
+    reply = await api.post(f"/machines/{machine_id}/tasks", body)
+    assert reply.status == 201, reply.body
+    task: dict[str, Any] = reply.item
+    return task
+
+
+async def make_routed_task(
+    api: Api, machine_id: str, *, service_id: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A task taken through discover and resolve; returns ``{task, route}``."""
+    task = await make_task(api, machine_id, **overrides)
+    reply = await api.post(f"/machines/{machine_id}/tasks/{task['id']}/discover")
+    assert reply.status == 200, reply.body
+    assert reply.item["candidates"], reply.item["errorMessage"]
+    body = {"serviceId": service_id} if service_id else None
+    reply = await api.post(f"/machines/{machine_id}/tasks/{task['id']}/resolve", body)
+    assert reply.status == 201, reply.body
+    routed: dict[str, Any] = reply.item
+    return routed
+
+
+def endpoint_entry(
+    key: str = "qvac", url: str = "http://127.0.0.1:11434", **fields: Any
+) -> dict[str, Any]:
+    """One heartbeat entry (SPEC §6.1)."""
+    return {"providerKey": key, "endpointBaseUrl": url, **fields}
+
+
+async def heartbeat(
+    api: Api,
+    agent: dict[str, Any],
+    endpoints: list[dict[str, Any]] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> Reply:
+    """A heartbeat from an enrolled agent (the enrolment item, which holds its one-time token).
+
+    ``endpoints`` defaults to one qvac entry; ``fields`` override top-level body fields
+    (``agentToken=None`` leaves the body carrier out).
+    """
+    body: dict[str, Any] = {
+        "machineId": agent["machineId"],
+        "agentId": agent["id"],
+        "agentToken": agent["agentToken"],
+        "endpoints": [endpoint_entry()] if endpoints is None else endpoints,
+        **fields,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    return await api.post("/machine-agents/heartbeat", body, auth=False, headers=headers)

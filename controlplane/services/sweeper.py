@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from controlplane.services.lease_sweep import DAY_MS, LeaseExpiry
+from controlplane.services.metrics import Metrics
 from controlplane.settings import Settings
 from controlplane.store import sweeper_state
 from controlplane.store.base import Connection, Store
@@ -19,18 +21,19 @@ from shared.timeutil import now_ms
 
 log = get_logger("controlplane.sweeper")
 
-DAY_MS = 86_400_000
+__all__ = ["DAY_MS", "SweepStep", "Sweeper"]
 
 # A step receives the open transaction and the sweep's time, and returns nothing.
 SweepStep = Callable[[Connection, int], Awaitable[None]]
 
 
 class Sweeper:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self._store = store
         self._settings = settings
         self._started = time.monotonic()
-        self.lease_steps: list[SweepStep] = []
+        self._metrics = metrics or Metrics()
+        self.lease_steps: list[SweepStep] = [LeaseExpiry(settings, self._metrics)]
         self.housekeeping_steps: list[SweepStep] = [self._delete_old_challenges]
         if settings.audit.retention_days > 0:
             self.housekeeping_steps.append(self._audit_retention)
@@ -40,8 +43,11 @@ class Sweeper:
 
     async def sweep_once(self) -> bool:
         """One sweep; ``False`` when another replica holds the sweep lock."""
-        now = now_ms()
+        started = time.perf_counter()
         async with self._store.write() as conn:
+            # The sweep's clock starts inside the transaction: on SQLite the write may have
+            # waited behind a heartbeat batch, whose leases must be judged by a later "now".
+            now = now_ms()
             if not await self._store.try_singleton_lock(conn, "sweeper"):
                 return False
             if not self.in_grace():
@@ -49,19 +55,24 @@ class Sweeper:
                     await step(conn, now)
             for step in self.housekeeping_steps:
                 await step(conn, now)
-            await sweeper_state.mark_swept(conn, now_ms())
+            finished = now_ms()
+            await sweeper_state.mark_swept(conn, finished)
+        self._metrics.sweep_duration.observe(time.perf_counter() - started)
+        self._metrics.last_sweep.set(finished / 1000)
         return True
 
     async def run(self) -> None:
         interval = self._settings.lease.sweep_interval_seconds
         while True:
+            started = time.monotonic()
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("sweep_failed")
-            await asyncio.sleep(interval)
+            # A fixed period, not a fixed pause: expiry lateness stays within one interval.
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _delete_old_challenges(self, conn: Connection, now: int) -> None:
         cutoff = now - DAY_MS
