@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import signal
 import sys
@@ -65,6 +66,8 @@ async def serve(settings: Settings) -> int:
     except ConfigError as exc:
         log.error("configuration_error", error=str(exc))
         return EXIT_CONFIG
+    # Everything loaded so far lives for the whole process: keep it out of every GC pass.
+    gc.freeze()
     site = web.TCPSite(
         runner,
         settings.server.host,
@@ -86,6 +89,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[keys.CATALOGUE].schedule_reload)
     notifier.ready(status=f"listening on {', '.join(addresses)}")
     watchdog = asyncio.create_task(notifier.run_watchdog())
     await stop.wait()

@@ -1,4 +1,4 @@
-"""Local admin commands (SPEC §18): ``db migrate`` and ``api-keys create|list|revoke``.
+"""Local admin commands (SPEC §18): ``db migrate|copy`` and ``api-keys create|list|revoke``.
 
 They open the control plane's own database, found from the same settings the server reads
 (environment, ``--config`` / ``MM_CONFIG``, ``--data-dir``, ``--database-url``). They never invent
@@ -21,6 +21,7 @@ from controlplane.mmctl.output import print_json, print_table
 from controlplane.services.auth import create_api_key
 from controlplane.settings import ConfigError, Settings, load_settings
 from controlplane.store import Store, api_keys, migrate, open_store_url
+from controlplane.store.copy import CopyError, copy_database
 from controlplane.store.migrations import current_version
 from shared.timeutil import now_ms, to_iso, to_iso_opt
 
@@ -203,6 +204,31 @@ async def _keys_revoke(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+@_local
+async def _copy(args: argparse.Namespace, ctx: Context) -> int:
+    for flag, url in (("--from", args.source), ("--to", args.target)):
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise LocalUsageError(f"{flag} must be sqlite:///PATH or postgresql://...")
+    missing = _missing_sqlite_file(args.source)
+    if missing is not None:
+        print(f"NOT_FOUND: {missing} does not exist", file=sys.stderr)
+        return 1
+    async with _opened(args.source) as source, _opened(args.target) as target:
+        try:
+            report = await copy_database(source, target)
+        except CopyError as exc:
+            print(f"CONFLICT: {exc}; nothing was copied", file=sys.stderr)
+            return 1
+    if ctx.json:
+        print_json({"rows": report.rows})
+    else:
+        print_table(
+            [{"table": t, "rows": n} for t, n in report.rows.items()],
+            [("table", "table"), ("rows", "rows")],
+        )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the ``db`` and ``api-keys`` groups to the top-level subparsers."""
     db = sub.add_parser("db", help="local: the control plane's database")
@@ -210,6 +236,12 @@ def register(sub: Any) -> None:
     migrate_cmd = db_commands.add_parser("migrate", help="apply pending schema migrations")
     _local_options(migrate_cmd)
     migrate_cmd.set_defaults(func=_migrate)
+    copy_cmd = db_commands.add_parser(
+        "copy", help="copy every table to another database (e.g. SQLite → PostgreSQL)"
+    )
+    copy_cmd.add_argument("--from", dest="source", required=True, metavar="URL")
+    copy_cmd.add_argument("--to", dest="target", required=True, metavar="URL")
+    copy_cmd.set_defaults(func=_copy)
 
     keys = sub.add_parser("api-keys", help="local: platform API keys in the database")
     key_commands = keys.add_subparsers(dest="command", required=True)

@@ -18,6 +18,10 @@ class ApiCallError(Exception):
         self.status = status
 
 
+class UsageError(Exception):
+    """A command was called with words that do not fit; mmctl prints it and exits 2."""
+
+
 class Client:
     def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
         self.base = url.rstrip("/")

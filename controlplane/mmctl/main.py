@@ -18,10 +18,11 @@ from controlplane.mmctl import (
     endpoints,
     graph,
     machines,
+    openapi,
     policies,
     tasks,
 )
-from controlplane.mmctl.client import ApiCallError, Client
+from controlplane.mmctl.client import ApiCallError, Client, UsageError
 
 # Each group module defines ``register(subparsers)``; its commands set ``func`` (an async callable
 # taking ``(args, ctx)``). Add a group by importing it here.
@@ -34,16 +35,13 @@ GROUPS: list[ModuleType] = [
     policies,
     audit,
     catalogue,
+    openapi,
     admin,
 ]
 
 EXIT_OK, EXIT_API, EXIT_USAGE = 0, 1, 2
 
 Command = Callable[[argparse.Namespace, "Context"], Awaitable[int | None]]
-
-
-class UsageError(Exception):
-    """A command was called with words that do not fit; exit 2."""
 
 
 class Context:

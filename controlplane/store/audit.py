@@ -41,6 +41,41 @@ async def insert_event(
 
 
 @dataclass(frozen=True)
+class NewEvent:
+    """One event of a bulk insert (a sweep that expires thousands of leases at once)."""
+
+    actor: str
+    type: str
+    resource_type: str
+    resource_id: str
+    machine_id: str | None
+    payload: dict[str, Any]
+
+
+async def insert_events(conn: Connection, events: list[NewEvent], *, at: int) -> None:
+    """Many events in one statement batch; ids keep the list's order (they are monotonic)."""
+    rows = [
+        (
+            new_id("evt"),
+            e.actor,
+            e.type,
+            e.resource_type,
+            e.resource_id,
+            e.machine_id,
+            json.dumps(e.payload, separators=(",", ":"), ensure_ascii=False),
+            at,
+        )
+        for e in events
+    ]
+    if rows:
+        await conn.executemany(
+            "INSERT INTO audit_events (id, actor, type, resource_type, resource_id, machine_id,"
+            " payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+@dataclass(frozen=True)
 class AuditFilter:
     machine_id: str | None = None
     resource_type: str | None = None

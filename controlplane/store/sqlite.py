@@ -27,20 +27,16 @@ class SqliteConnection:
         self._conn = conn
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._conn.execute(sql, args) as cursor:
-            return cast(list[Row], list(await cursor.fetchall()))
+        # One trip to the connection's thread (execute + fetch + close), not three.
+        return cast(list[Row], list(await self._conn.execute_fetchall(sql, args)))
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self._conn.execute(sql, args) as cursor:
-            return cast(Row | None, await cursor.fetchone())
-
-    async def _first(self, sql: str, *args: Any) -> Any:
-        async with self._conn.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-            return None if row is None else row[0]
+        rows = await self._conn.execute_fetchall(sql, args)
+        return cast(Row, next(iter(rows))) if rows else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._first(sql, *args)
+        rows = list(await self._conn.execute_fetchall(sql, args))
+        return rows[0][0] if rows else None
 
     async def execute(self, sql: str, *args: Any) -> int:
         async with self._conn.execute(sql, args) as cursor:

@@ -1,0 +1,5 @@
+import sys
+
+from controlplane.mmctl.main import main
+
+sys.exit(main())
