@@ -12,14 +12,15 @@ import binascii
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, WithJsonSchema
 
 from controlplane.errors import ValidationFailed
+from shared.errors import ErrorCode
 from shared.timeutil import parse_iso
-from shared.validation import validation_details
+from shared.validation import WireModel, validation_details
 
 Auth = Literal["platform", "agent-token", "none", "metrics"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,10 +39,13 @@ class Operation:
     body: type[BaseModel] | None = None
     body_required: bool = False
     query: type[BaseModel] | None = None
-    response: Any = None
+    path: type[BaseModel] | None = None  # path parameters with rules beyond "any string"
+    response: Any = None  # the whole success body model; ``str`` for text/plain; None for 204
     status: int = 200
     statuses: tuple[int, ...] = ()
-    errors: tuple[int, ...] = ()
+    # Route-specific errors: a code (its status comes from SPEC §1.7) or a bare status. The
+    # OpenAPI generator adds the generic ones of §1.6 (auth, 404 lookups, 413, 500).
+    errors: tuple[int | ErrorCode, ...] = ()
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -160,6 +164,71 @@ def query_time(request: web.Request, name: str) -> int | None:
         raise ValidationFailed.field(
             name, "must be an ISO-8601 timestamp with a zone offset"
         ) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """Validate the query string against a model whose fields are the route's query parameters.
+
+    Only the model's own parameters are read (unknown ones are ignored, SPEC §1.5); values stay
+    strings, so the model's validators decide what ``true``/``5`` mean. ``limit`` and ``cursor``
+    are read separately by :func:`page_request`.
+    """
+    names = {f.alias or n for n, f in model.model_fields.items()}
+    data = {k: v for k, v in request.query.items() if k in names}
+    return validate(model, data)
+
+
+def _iso_instant(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise ValueError("must be an ISO-8601 timestamp with a zone offset") from None
+
+
+# Query value types for query models: what the ``query_*`` readers accept, as pydantic types.
+QueryText = Annotated[str, Field(max_length=1024)]
+QueryTime = Annotated[
+    int,
+    BeforeValidator(_iso_instant),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class PageQuery(WireModel):
+    """``limit`` and ``cursor`` of every list route (SPEC §1.5); list query models extend it."""
+
+    limit: int | None = Field(default=None, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=1024)
+
+
+Q = TypeVar("Q", bound=PageQuery)
+
+
+def parse_list_query(
+    request: web.Request, model: type[Q], route: str, shape: tuple[type, ...] = (int, str)
+) -> tuple[Q, PageRequest]:
+    """The route's filters (validated by ``model``) and its page, every problem reported at once.
+
+    ``limit`` and ``cursor`` are declared on the model for the OpenAPI document but read by
+    :func:`page_request`, which knows which route issued a cursor.
+    """
+    names = {f.alias or n for n, f in model.model_fields.items()} - {"limit", "cursor"}
+    data = {k: v for k, v in request.query.items() if k in names}
+    problems: list[dict[str, str]] = []
+    query = None
+    try:
+        query = model.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_details(exc)
+    try:
+        page = page_request(request, route, shape)
+    except ValidationFailed as exc:
+        problems += exc.details
+    if problems or query is None:
+        raise ValidationFailed(details=problems)
+    return query, page
 
 
 # ---------------------------------------------------------------- pagination

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -26,6 +27,11 @@ from pydantic.alias_generators import to_camel
 MAX_STRING = 1024
 MAX_ARRAY = 256
 MAX_DEPTH = 32
+
+# Python's whitespace (``str.isspace``) spelled out, so that the JSON Schema patterns published in
+# the OpenAPI document (ECMA-262 regexes, whose ``\s`` differs) mean what the validators do.
+WHITESPACE_CLASS = r"\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NON_BLANK_PATTERN = f"[^{WHITESPACE_CLASS}]"  # unanchored: at least one non-whitespace character
 
 
 def _json_int(value: Any) -> Any:
@@ -49,8 +55,16 @@ def _dedupe(values: list[str]) -> list[str]:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_int)]
-NonBlank = Annotated[str, AfterValidator(_not_blank), Field(max_length=MAX_STRING)]
-Name200 = Annotated[str, AfterValidator(_not_blank), Field(min_length=1, max_length=200)]
+NonBlank = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    Field(max_length=MAX_STRING, json_schema_extra={"pattern": NON_BLANK_PATTERN}),
+]
+Name200 = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    Field(min_length=1, max_length=200, json_schema_extra={"pattern": NON_BLANK_PATTERN}),
+]
 StrList = Annotated[
     list[Annotated[str, Field(max_length=MAX_STRING)]],
     Field(max_length=MAX_ARRAY),
@@ -64,16 +78,28 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
     if len(value) > 64:
         raise ValueError("at most 64 labels")
     for key, item in value.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise ValueError(f"label key {key!r} must match {_LABEL_KEY.pattern}")
         if len(item) > 256:
             raise ValueError(f"label {key!r} is longer than 256 characters")
     return value
 
 
-Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(_labels),
+    Field(
+        json_schema_extra={
+            "maxProperties": 64,
+            "propertyNames": {"pattern": _LABEL_KEY.pattern},
+            "additionalProperties": {"type": "string", "maxLength": 256},
+        }
+    ),
+]
 
-_DECIMAL_TEXT = re.compile(r"^\d+(\.\d+)?$")
+# ASCII digits only, the whole text: ``\d`` would take other scripts' digits and ``$`` a final
+# newline.
+_DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 
 def _amount(value: Any) -> Decimal:
@@ -83,7 +109,7 @@ def _amount(value: Any) -> Decimal:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be finite")
         amount = Decimal(str(value))
-    elif isinstance(value, str) and _DECIMAL_TEXT.match(value):
+    elif isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value):
         amount = Decimal(value)
     elif isinstance(value, Decimal):
         amount = value
@@ -94,7 +120,18 @@ def _amount(value: Any) -> Decimal:
     return amount
 
 
-Amount = Annotated[Decimal, BeforeValidator(_amount)]
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DECIMAL_TEXT.pattern},
+            ]
+        }
+    ),
+]
 
 
 def json_depth(value: Any, level: int = 1) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from shared.endpoints import (
+    AUTH_CONSISTENCY_SCHEMA,
     AuthToken,
     BaseUrl,
     EndpointAuthType,
@@ -35,6 +36,8 @@ MAX_SEQUENCE = 2**53 - 1
 
 
 class HeartbeatEndpointEntry(RequestModel):
+    model_config = ConfigDict(json_schema_extra=AUTH_CONSISTENCY_SCHEMA)
+
     provider_key: ProviderKey
     endpoint_base_url: BaseUrl
     label: EndpointLabel | None = None

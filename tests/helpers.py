@@ -51,7 +51,9 @@ class Api:
         sent = dict(headers or {})
         if auth and self.key is not None and "x-api-key" not in sent:
             sent["x-api-key"] = self.key
-        data: Any = raw_body if raw_body is not None else (None if body is None else json.dumps(body))
+        data: Any = (
+            raw_body if raw_body is not None else (None if body is None else json.dumps(body))
+        )
         if isinstance(data, bytes) and len(data) > 64 * 1024:
             data = io.BytesIO(data)
         async with self.client.request(method, url, data=data, headers=sent, params=params) as resp:

@@ -62,10 +62,12 @@ class ControlPlaneProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"control plane exited {self.proc.returncode}: {self.output()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return self
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(self.url + "/health", timeout=1) as resp,  # noqa: S310
+            ):
+                if resp.status == 200:
+                    return self
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"control plane did not become healthy: {self.output()}")

@@ -5,16 +5,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from controlplane import keys
+from controlplane.api.schemas import GraphEdge, GraphNode, ItemResponse, MachineGraph
 from controlplane.http import item, no_content, operation, parse_body
 from controlplane.services import graph
+from shared.errors import ErrorCode as E
 
 routes = web.RouteTableDef()
 
 _BASE = "/api/v1/machines/{machineId}/graph"
+_GATED = (E.MACHINE_NOT_ACTIVATED, E.MACHINE_NOT_ACTIVE)  # every graph write (SPEC §1.6 step 6)
 
 
 @routes.get(_BASE)
-@operation(summary="The machine's graph: every node and edge", errors=(404,), tags=("graph",))
+@operation(
+    summary="The machine's graph: every node and edge",
+    response=ItemResponse[MachineGraph],
+    tags=("graph",),
+)
 async def get_graph(request: web.Request) -> web.Response:
     result = await graph.get_graph(request.app[keys.STORE], request.match_info["machineId"])
     return item(result)
@@ -25,8 +32,9 @@ async def get_graph(request: web.Request) -> web.Response:
     summary="Create a graph node",
     body=graph.CreateGraphNodeRequest,
     body_required=True,
+    response=ItemResponse[GraphNode],
     status=201,
-    errors=(400, 404, 409),
+    errors=(*_GATED, E.CONFLICT),
     tags=("graph",),
 )
 async def create_node(request: web.Request) -> web.Response:
@@ -41,7 +49,8 @@ async def create_node(request: web.Request) -> web.Response:
 @operation(
     summary="Update a graph node (data is merged shallowly; null removes a key)",
     body=graph.UpdateGraphNodeRequest,
-    errors=(400, 404, 409),
+    response=ItemResponse[GraphNode],
+    errors=(*_GATED, E.CONFLICT),
     tags=("graph",),
 )
 async def update_node(request: web.Request) -> web.Response:
@@ -60,7 +69,7 @@ async def update_node(request: web.Request) -> web.Response:
 @operation(
     summary="Delete a graph node and every edge touching it",
     status=204,
-    errors=(404, 409),
+    errors=_GATED,
     tags=("graph",),
 )
 async def delete_node(request: web.Request) -> web.Response:
@@ -78,8 +87,9 @@ async def delete_node(request: web.Request) -> web.Response:
     summary="Create a graph edge between two nodes of the machine",
     body=graph.CreateGraphEdgeRequest,
     body_required=True,
+    response=ItemResponse[GraphEdge],
     status=201,
-    errors=(400, 404, 409),
+    errors=(*_GATED, E.CONFLICT),
     tags=("graph",),
 )
 async def create_edge(request: web.Request) -> web.Response:
@@ -94,7 +104,8 @@ async def create_edge(request: web.Request) -> web.Response:
 @operation(
     summary="Update a graph edge (endpoints are immutable)",
     body=graph.UpdateGraphEdgeRequest,
-    errors=(400, 404, 409),
+    response=ItemResponse[GraphEdge],
+    errors=(*_GATED, E.CONFLICT),
     tags=("graph",),
 )
 async def update_edge(request: web.Request) -> web.Response:
@@ -110,7 +121,7 @@ async def update_edge(request: web.Request) -> web.Response:
 
 
 @routes.delete(_BASE + "/edges/{edgeId}")
-@operation(summary="Delete a graph edge", status=204, errors=(404, 409), tags=("graph",))
+@operation(summary="Delete a graph edge", status=204, errors=_GATED, tags=("graph",))
 async def delete_edge(request: web.Request) -> web.Response:
     await graph.delete_edge(
         request.app[keys.STORE],

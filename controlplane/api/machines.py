@@ -5,23 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from pydantic import Field
 
 from controlplane import keys
+from controlplane.api.schemas import IgnoredBody, ItemResponse, ListResponse
 from controlplane.http import (
+    PageQuery,
+    QueryText,
     ignore_body,
     item,
     no_content,
     operation,
-    page_request,
     page_response,
     parse_body,
-    query_enum,
-    query_str,
+    parse_list_query,
 )
 from controlplane.services import identity, machines
 from controlplane.services.identity_registry import ControllerResolver
-from shared.validation import WireModel
+from shared.errors import ErrorCode as E
 
 routes = web.RouteTableDef()
 
@@ -41,11 +41,18 @@ def _services(request: web.Request) -> machines.MachineServices:
     )
 
 
-class MachineListQuery(WireModel):
+class MachineListQuery(PageQuery):
     status: machines.MachineStatus | None = None
-    owner_id: str | None = None
-    limit: int | None = Field(default=None, ge=1, le=500)
-    cursor: str | None = None
+    owner_id: QueryText | None = None
+
+
+# Proof verification (SPEC §3.2) and the identity registry can fail any write that carries one.
+_PROOF_ERRORS = (
+    E.MACHINE_IDENTITY_PROOF_REQUIRED,
+    E.MACHINE_IDENTITY_PROOF_INVALID,
+    E.MACHINE_IDENTITY_PROOF_EXPIRED,
+    E.PEAQOS_IDENTITY_UNAVAILABLE,
+)
 
 
 @routes.post("/api/v1/machine-identity/challenges")
@@ -53,9 +60,9 @@ class MachineListQuery(WireModel):
     summary="Issue a single-use identity challenge to sign with EIP-191",
     body=identity.CreateMachineIdentityChallengeRequest,
     body_required=True,
-    response=identity.MachineIdentityChallenge,
+    response=ItemResponse[identity.MachineIdentityChallenge],
     status=201,
-    errors=(400, 503),
+    errors=(E.PEAQOS_IDENTITY_UNAVAILABLE,),
     tags=("machines",),
 )
 async def create_challenge(request: web.Request) -> web.Response:
@@ -74,16 +81,13 @@ async def create_challenge(request: web.Request) -> web.Response:
 @operation(
     summary="List machines (archived ones only with status=archived)",
     query=MachineListQuery,
-    response=machines.Machine,
-    errors=(400,),
+    response=ListResponse[machines.Machine],
     tags=("machines",),
 )
 async def list_machines(request: web.Request) -> web.Response:
-    status = query_enum(request, "status", machines.STATUSES)
-    owner_id = query_str(request, "ownerId")
-    page = page_request(request, "machines")
+    query, page = parse_list_query(request, MachineListQuery, "machines")
     rows = await machines.list_machines(
-        request.app[keys.STORE], page, status=status, owner_id=owner_id
+        request.app[keys.STORE], page, status=query.status, owner_id=query.owner_id
     )
     return page_response(page, rows, machines.machine_view, machines.page_position)
 
@@ -93,9 +97,9 @@ async def list_machines(request: web.Request) -> web.Response:
     summary="Create a machine (status draft)",
     body=machines.CreateMachineRequest,
     body_required=True,
-    response=machines.Machine,
+    response=ItemResponse[machines.Machine],
     status=201,
-    errors=(400, 409, 503),
+    errors=(*_PROOF_ERRORS, E.MACHINE_IDENTITY_EXISTS),
     tags=("machines",),
 )
 async def create_machine(request: web.Request) -> web.Response:
@@ -105,7 +109,7 @@ async def create_machine(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/machines/{machineId}")
-@operation(summary="Get a machine", response=machines.Machine, errors=(404,), tags=("machines",))
+@operation(summary="Get a machine", response=ItemResponse[machines.Machine], tags=("machines",))
 async def get_machine(request: web.Request) -> web.Response:
     machine = await machines.get_machine(request.app[keys.STORE], request.match_info["machineId"])
     return item(machine)
@@ -115,8 +119,14 @@ async def get_machine(request: web.Request) -> web.Response:
 @operation(
     summary="Update a machine; status active applies the activation rules",
     body=machines.UpdateMachineRequest,
-    response=machines.Machine,
-    errors=(400, 404, 409, 503),
+    response=ItemResponse[machines.Machine],
+    errors=(
+        *_PROOF_ERRORS,
+        E.CONFLICT,
+        E.MACHINE_IDENTITY_IMMUTABLE,
+        E.MACHINE_IDENTITY_EXISTS,
+        E.MACHINE_NOT_ACTIVATED,
+    ),
     tags=("machines",),
 )
 async def update_machine(request: web.Request) -> web.Response:
@@ -130,8 +140,8 @@ async def update_machine(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/machines/{machineId}")
 @operation(
     summary="Archive a machine and revoke its agents",
+    body=IgnoredBody,
     status=204,
-    errors=(400, 404),
     tags=("machines",),
 )
 async def archive_machine(request: web.Request) -> web.Response:

@@ -3,39 +3,38 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import Field
 
 from controlplane import keys
+from controlplane.api.schemas import IgnoredBody, ItemResponse, ListResponse
 from controlplane.http import (
+    PageQuery,
     ignore_body,
     item,
     no_content,
     operation,
-    page_request,
     page_response,
     parse_body,
+    parse_list_query,
 )
 from controlplane.services import policies
-from shared.validation import WireModel
+from shared.errors import ErrorCode as E
 
 routes = web.RouteTableDef()
 
 
-class PolicyListQuery(WireModel):
-    limit: int | None = Field(default=None, ge=1, le=500)
-    cursor: str | None = None
+class PolicyListQuery(PageQuery):
+    pass
 
 
 @routes.get("/api/v1/policies")
 @operation(
     summary="List policies",
     query=PolicyListQuery,
-    response=policies.Policy,
-    errors=(400,),
+    response=ListResponse[policies.Policy],
     tags=("policies",),
 )
 async def list_policies(request: web.Request) -> web.Response:
-    page = page_request(request, "policies")
+    _, page = parse_list_query(request, PolicyListQuery, "policies")
     rows = await policies.list_policies(request.app[keys.STORE], page)
     return page_response(page, rows, policies.policy_view, policies.page_position)
 
@@ -45,9 +44,8 @@ async def list_policies(request: web.Request) -> web.Response:
     summary="Create a policy",
     body=policies.CreatePolicyRequest,
     body_required=True,
-    response=policies.Policy,
+    response=ItemResponse[policies.Policy],
     status=201,
-    errors=(400,),
     tags=("policies",),
 )
 async def create_policy(request: web.Request) -> web.Response:
@@ -57,7 +55,7 @@ async def create_policy(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/policies/{policyId}")
-@operation(summary="Get a policy", response=policies.Policy, errors=(404,), tags=("policies",))
+@operation(summary="Get a policy", response=ItemResponse[policies.Policy], tags=("policies",))
 async def get_policy(request: web.Request) -> web.Response:
     policy = await policies.get_policy(request.app[keys.STORE], request.match_info["policyId"])
     return item(policy)
@@ -67,8 +65,7 @@ async def get_policy(request: web.Request) -> web.Response:
 @operation(
     summary="Update a policy (arrays replace; budgetCap null clears)",
     body=policies.UpdatePolicyRequest,
-    response=policies.Policy,
-    errors=(400, 404),
+    response=ItemResponse[policies.Policy],
     tags=("policies",),
 )
 async def update_policy(request: web.Request) -> web.Response:
@@ -82,8 +79,9 @@ async def update_policy(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/policies/{policyId}")
 @operation(
     summary="Delete a policy no machine names",
+    body=IgnoredBody,
     status=204,
-    errors=(400, 404, 409),
+    errors=(E.CONFLICT,),
     tags=("policies",),
 )
 async def delete_policy(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.services.machine_gate import find_machine, lock_machine
@@ -66,9 +66,10 @@ class UpdateGraphEdgeRequest(RequestModel):
     label: Text200 | None = None
     status: GraphStatus | None = None
     data: OpaqueObject | None = None
-    # Immutable: accepted by the model only so that sending them can be refused (400).
-    from_node_id: Any = None
-    to_node_id: Any = None
+    # Immutable: accepted by the model only so that sending them can be refused (400); null
+    # means absent, so null is all the document allows.
+    from_node_id: Annotated[Any, WithJsonSchema({"type": "null"})] = None
+    to_node_id: Annotated[Any, WithJsonSchema({"type": "null"})] = None
 
 
 def _data_text(data: dict[str, Any]) -> str:

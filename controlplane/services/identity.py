@@ -39,10 +39,10 @@ _MAX_ID = 2**256 - 1
 
 def normalize_identity_ref(value: str) -> str:
     """The stored form of an identity reference; ``ValueError`` for any other form."""
-    if match := _DID_HEX.match(value):
+    if match := _DID_HEX.fullmatch(value):
         return "did:peaq:0x" + match.group(1).lower()
     for pattern in (_DID_DEC, _PEAQOS):
-        if match := pattern.match(value):
+        if match := pattern.fullmatch(value):
             number = match.group(1)
             if len(number) > 78 or int(number) > _MAX_ID:
                 raise ValueError("identity number exceeds 2^256 − 1")
@@ -52,16 +52,26 @@ def normalize_identity_ref(value: str) -> str:
 
 def embedded_address(identity_ref: str) -> str | None:
     """The EIP-55 address a self-controlled ``did:peaq:0x…`` names, if it names one."""
-    match = _DID_HEX.match(identity_ref)
+    match = _DID_HEX.fullmatch(identity_ref)
     return to_checksum_address("0x" + match.group(1)) if match else None
 
 
+# The accepted forms as one JSON Schema pattern for the OpenAPI document. Numbers go up to
+# 2^256 − 1, which has 78 digits; the pattern admits the 77 digits every such number fits in.
+IDENTITY_REF_PATTERN = (
+    "^(?:did:peaq:0x[0-9a-fA-F]{40}|(?:did:peaq|peaqos:machine):(?:0|[1-9][0-9]{0,76}))$"
+)
+
 # An identity reference in any accepted form, validated and normalised to the stored form.
-IdentityRef = Annotated[str, Field(max_length=1024), AfterValidator(normalize_identity_ref)]
+IdentityRef = Annotated[
+    str,
+    Field(max_length=1024, json_schema_extra={"pattern": IDENTITY_REF_PATTERN}),
+    AfterValidator(normalize_identity_ref),
+]
 
 
 def parse_address(value: str) -> str:
-    if not _ADDRESS.match(value):
+    if not _ADDRESS.fullmatch(value):
         raise ValueError(f"{value!r} is not 0x followed by 40 hex digits")
     return str(to_checksum_address(value))
 
@@ -130,7 +140,7 @@ def challenge_message(
 
 def recover_signer(message: str, signature: str) -> str | None:
     """The EIP-55 address that ``personal_sign``-ed ``message``, or ``None`` if not recoverable."""
-    if not _SIGNATURE.match(signature):
+    if not _SIGNATURE.fullmatch(signature):
         return None
     try:
         signer = Account.recover_message(encode_defunct(text=message), signature=signature)

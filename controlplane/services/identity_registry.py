@@ -157,7 +157,7 @@ def _addresses(document: Any) -> tuple[str, ...]:
     out: list[str] = []
     for key in ("did", "operator"):
         value = peaqos.get(key)
-        if isinstance(value, str) and _DID_HEX.match(value):
+        if isinstance(value, str) and _DID_HEX.fullmatch(value):
             address = embedded_address(value)
             if address is not None and address not in out:
                 out.append(address)

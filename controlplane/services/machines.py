@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from controlplane.errors import (
     Conflict,
@@ -39,7 +39,7 @@ from controlplane.store import audit, machines
 from controlplane.store.base import Connection, Row, Store
 from shared.ids import new_id
 from shared.timeutil import now_ms, to_iso
-from shared.validation import Labels, Name200, RequestModel, StrList, WireModel
+from shared.validation import WHITESPACE_CLASS, Labels, Name200, RequestModel, StrList, WireModel
 
 MachineStatus = Literal["draft", "active", "degraded", "blocked", "archived"]
 SettableStatus = Literal["draft", "active", "degraded", "blocked"]
@@ -56,7 +56,15 @@ def _dedupe(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-Capability = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_whitespace)]
+Capability = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        json_schema_extra={"pattern": f"^[^{WHITESPACE_CLASS}]*$"},
+    ),
+    AfterValidator(_no_whitespace),
+]
 Capabilities = Annotated[list[Capability], Field(max_length=256), AfterValidator(_dedupe)]
 
 
@@ -64,6 +72,16 @@ Capabilities = Annotated[list[Capability], Field(max_length=256), AfterValidator
 
 
 class CreateMachineRequest(RequestModel):
+    # identityProof requires identityRef (SPEC §3.3).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"identityProof": {"type": "null"}}},
+                {"required": ["identityRef"], "properties": {"identityRef": {"type": "string"}}},
+            ]
+        }
+    )
+
     display_name: Name200
     owner_id: Name200
     machine_type: Name200

@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from controlplane.errors import (
     ApiError,
@@ -56,6 +56,16 @@ class TaskRequirementsRequest(RequestModel):
 
 
 class TaskBudgetRequest(RequestModel):
+    # An amount needs a currency (SPEC §11.1).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"amount": {"type": "null"}}},
+                {"required": ["currency"], "properties": {"currency": {"type": "string"}}},
+            ]
+        }
+    )
+
     amount: Amount | None = None
     currency: Currency | None = None
 
@@ -67,6 +77,16 @@ class TaskBudgetRequest(RequestModel):
 
 
 class CreateTaskRequest(RequestModel):
+    # At least one of skillKey, serviceType and serviceId (SPEC §11.1).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("skillKey", "serviceType", "serviceId")
+            ]
+        }
+    )
+
     operation: NonBlank
     skill_key: NonBlank | None = None
     service_type: ServiceTypeText | None = None

@@ -57,7 +57,9 @@ def _settings(tmp_path: Path, url: str) -> Any:
 
 
 async def _populate(api: Api) -> dict[str, Any]:
-    policy = await make_policy(api, name="copy me", budgetCap={"currency": "USD", "amount": "12.50"})
+    policy = await make_policy(
+        api, name="copy me", budgetCap={"currency": "USD", "amount": "12.50"}
+    )
     machine = await make_machine(api, policyIds=[policy["id"]], labels={"site": "berlin"})
     agent = await enroll_agent(api, machine["id"], allowedProviderKeys=["qvac", "ollama"])
     entry = endpoint_entry("qvac", authToken="runtime-secret-token", modelAlias="my-llm")
@@ -67,8 +69,12 @@ async def _populate(api: Api) -> dict[str, Any]:
         {"endpointBaseUrl": "http://10.0.0.5:8000", "authToken": "manual-secret"},
     )
     assert reply.status == 201
-    node = await api.post(f"/machines/{machine['id']}/graph/nodes", {"kind": "machine", "label": "M"})
-    other = await api.post(f"/machines/{machine['id']}/graph/nodes", {"kind": "skill", "label": "S"})
+    node = await api.post(
+        f"/machines/{machine['id']}/graph/nodes", {"kind": "machine", "label": "M"}
+    )
+    other = await api.post(
+        f"/machines/{machine['id']}/graph/nodes", {"kind": "skill", "label": "S"}
+    )
     edge = await api.post(
         f"/machines/{machine['id']}/graph/edges",
         {"fromNodeId": node.item["id"], "toNodeId": other.item["id"], "kind": "offers"},

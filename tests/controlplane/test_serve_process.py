@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,15 @@ from tests.process import ControlPlaneProcess
 
 pytestmark = pytest.mark.slow
 
+MACHINE = {"displayName": "M", "ownerId": "ops", "machineType": "robot", "runtimeProfile": "p"}
 
-def _get(url: str, key: str | None = None) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, headers={"x-api-key": key} if key else {})  # noqa: S310
+
+def _get(
+    url: str, key: str | None = None, *, method: str = "GET", body: object = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"x-api-key": key} if key else {}
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read())
@@ -26,7 +33,7 @@ def _get(url: str, key: str | None = None) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
-def test_first_start_generates_one_admin_key_file_and_never_logs_it(tmp_path: Path) -> None:
+def test_first_start_generates_one_admin_key_and_a_restart_loses_nothing(tmp_path: Path) -> None:
     cp = ControlPlaneProcess(tmp_path / "data").start()
     try:
         key_file = tmp_path / "data" / "admin-api-key"
@@ -36,7 +43,22 @@ def test_first_start_generates_one_admin_key_file_and_never_logs_it(tmp_path: Pa
         assert len(key) == 4 + 43
         assert _get(cp.url + "/api/v1/audit-events", key)[0] == 200
         status, body = _get(cp.url + "/api/v1/audit-events", "mmk_wrong")
-        assert (status, body["error"]["code"]) == (401, "AUTH_INVALID")  # type: ignore[index]
+        assert (status, body["error"]["code"]) == (401, "AUTH_INVALID")
+        status, policy = _get(
+            cp.url + "/api/v1/policies",
+            key,
+            method="POST",
+            body={"name": "kept", "nativeOnly": True},
+        )
+        assert status == 201
+        status, machine = _get(
+            cp.url + "/api/v1/machines",
+            key,
+            method="POST",
+            body={**MACHINE, "policyIds": [policy["item"]["id"]]},
+        )
+        assert status == 201
+        events_before = _get(cp.url + "/api/v1/audit-events", key)[1]["items"]
     finally:
         assert cp.stop() == 0
     output = cp.output()
@@ -47,7 +69,10 @@ def test_first_start_generates_one_admin_key_file_and_never_logs_it(tmp_path: Pa
     again = ControlPlaneProcess(tmp_path / "data", port=cp.port).start()
     try:
         assert again.admin_key == key
-        assert _get(again.url + "/api/v1/audit-events", key)[0] == 200
+        assert _get(again.url + "/api/v1/audit-events", key)[1]["items"] == events_before
+        machine_id = machine["item"]["id"]
+        assert _get(f"{again.url}/api/v1/machines/{machine_id}", key)[1] == machine
+        assert _get(again.url + "/api/v1/policies", key)[1]["items"] == [policy["item"]]
     finally:
         assert again.stop() == 0
 

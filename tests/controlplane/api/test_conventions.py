@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from controlplane.http import decode_json_object
 from controlplane.errors import ApiError
+from controlplane.http import decode_json_object
 from tests.conftest import ADMIN_KEY
 from tests.helpers import Api, assert_error
 
