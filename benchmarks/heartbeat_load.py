@@ -129,10 +129,9 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def run_wrk(
-    url: str, script: Path, bodies: Path, connections: int, duration: int
-) -> dict[str, Any]:
-    cmd = [
+def wrk_command(url: str, script: Path, bodies: Path, connections: int, duration: int) -> list[str]:
+    """One wrk thread posting the bodies of ``bodies`` (one JSON a line) round-robin to ``url``."""
+    return [
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -145,7 +144,18 @@ def run_wrk(
         str(bodies),
         "1",
     ]
+
+
+def run_wrk(
+    url: str, script: Path, bodies: Path, connections: int, duration: int
+) -> dict[str, Any]:
+    cmd = wrk_command(url, script, bodies, connections, duration)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(cmd, out)
+
+
+def parse_wrk(cmd: list[str], out: str) -> dict[str, Any]:
+    """wrk's report (with ``--latency``) as figures."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {
         p: _ms(re.search(rf"^\s+{p}%\s+([\d.]+\w+)", out, re.M).group(1))  # type: ignore[union-attr]

@@ -13,7 +13,9 @@ Concurrent heartbeats are queued and applied by one writer task, a batch per wri
 3. write what the applied heartbeats changed in a handful of statements, commit, and only then
    answer: a ``200`` means the change is durable.
 
-If the batch's transaction fails for an unexpected reason (say a unique violation from another
+A batch that PostgreSQL rolls back as a deadlock victim or for a serialization failure (another
+replica's batch or the sweeper holding the same rows) is simply run again, a few times. If the
+batch's transaction fails for another unexpected reason (say a unique violation from another
 replica's concurrent insert), each heartbeat of the batch is retried in a transaction of its own,
 so one bad heartbeat fails alone.
 """
@@ -63,7 +65,7 @@ from controlplane.services.secrets import TokenCipher
 from controlplane.settings import Settings
 from controlplane.store import agents, audit
 from controlplane.store import runtime_endpoints as endpoints
-from controlplane.store.base import Connection, Row, Store
+from controlplane.store.base import Connection, Row, Store, is_transient
 from shared.logs import get_logger
 from shared.timeutil import now_ms, to_iso
 from shared.wire import HeartbeatEndpointEntry, HeartbeatRequest
@@ -72,6 +74,7 @@ log = get_logger("controlplane.heartbeat")
 
 MAX_BATCH = 256
 MAX_ENTRIES = 64
+TRANSIENT_ATTEMPTS = 5
 
 # A HeartbeatResult in wire form: built as a plain dict, the hot path's cheapest shape.
 Result = dict[str, Any]
@@ -256,7 +259,7 @@ class HeartbeatService:
         """Apply a batch and answer each heartbeat; alone on a retry when the batch fails."""
         self._metrics.heartbeat_batch.observe(len(batch))
         try:
-            outcomes = await self._apply(batch)
+            outcomes = await self._apply_retrying(batch)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -282,6 +285,28 @@ class HeartbeatService:
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(InternalError(message))
+
+    async def _apply_retrying(self, batch: list[_Pending]) -> list[Result | ApiError]:
+        """:meth:`_apply`, run again when the database rolled it back as a transient failure.
+
+        Each attempt reads the rows afresh; the rate limiter's answers are kept on the pending
+        heartbeats, so a retry never counts a heartbeat twice.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await self._apply(batch)
+            except Exception as exc:
+                if attempt >= TRANSIENT_ATTEMPTS or not is_transient(exc):
+                    raise
+                log.info(
+                    "heartbeat_batch_retried",
+                    size=len(batch),
+                    attempt=attempt,
+                    sqlstate=getattr(exc, "sqlstate", None),
+                )
+            await asyncio.sleep(0.005 * attempt)
+            attempt += 1
 
     async def _apply(self, batch: list[_Pending]) -> list[Result | ApiError]:
         machine_ids = sorted({p.request.machine_id for p in batch})

@@ -15,13 +15,15 @@ from controlplane.services.lease_sweep import DAY_MS, LeaseExpiry
 from controlplane.services.metrics import Metrics
 from controlplane.settings import Settings
 from controlplane.store import sweeper_state
-from controlplane.store.base import Connection, Store
+from controlplane.store.base import Connection, Store, is_transient
 from shared.logs import get_logger
 from shared.timeutil import now_ms
 
 log = get_logger("controlplane.sweeper")
 
 __all__ = ["DAY_MS", "SweepStep", "Sweeper"]
+
+TRANSIENT_ATTEMPTS = 3
 
 # A step receives the open transaction and the sweep's time, and returns nothing.
 SweepStep = Callable[[Connection, int], Awaitable[None]]
@@ -42,7 +44,21 @@ class Sweeper:
         return time.monotonic() - self._started < self._settings.lease.grace_seconds
 
     async def sweep_once(self) -> bool:
-        """One sweep; ``False`` when another replica holds the sweep lock."""
+        """One sweep; ``False`` when another replica holds the sweep lock.
+
+        A sweep that PostgreSQL rolls back as a deadlock victim (say against a heartbeat batch
+        locking the same machine's rows) runs again at once rather than an interval later.
+        """
+        for _ in range(TRANSIENT_ATTEMPTS - 1):
+            try:
+                return await self._sweep()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("sweep_retried", sqlstate=getattr(exc, "sqlstate", None))
+        return await self._sweep()
+
+    async def _sweep(self) -> bool:
         started = time.perf_counter()
         async with self._store.write() as conn:
             # The sweep's clock starts inside the transaction: on SQLite the write may have

@@ -16,6 +16,15 @@ from typing import Any, Literal, Protocol
 Row = Mapping[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
 
+# PostgreSQL's serialization_failure and deadlock_detected: the transaction was rolled back
+# because of what other transactions did at the same moment, and may simply be run again.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write transaction may be retried as it is (a deadlock victim, say)."""
+    return getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
 
 class Connection(Protocol):
     dialect: Dialect

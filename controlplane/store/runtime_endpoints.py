@@ -219,13 +219,25 @@ async def delete_retained(conn: Connection, cutoff: int) -> list[Row]:
     """Delete unreachable agent endpoints whose lease ended (or was cleared) before ``cutoff``.
 
     A cleared lease (revocation) counts from the moment it was cleared: the row's ``updated_at``.
+    On PostgreSQL, rows a heartbeat holds locked (it may be reviving them) are left to a later
+    sweep instead of waited for, so the sweep never waits on a heartbeat batch that waits on it.
     """
-    rows = await conn.fetch(
-        "DELETE FROM runtime_endpoints WHERE source = 'agent' AND status = 'unreachable'"
-        " AND COALESCE(lease_expires_at, updated_at) < ?"
-        " RETURNING id, machine_id, provider_key, agent_id",
-        cutoff,
+    retained = (
+        "source = 'agent' AND status = 'unreachable' AND COALESCE(lease_expires_at, updated_at) < ?"
     )
+    if conn.dialect == "postgresql":
+        sql = (
+            "DELETE FROM runtime_endpoints WHERE id IN ("
+            f" SELECT id FROM runtime_endpoints WHERE {retained} ORDER BY id FOR UPDATE SKIP LOCKED)"
+            f" AND {retained} RETURNING id, machine_id, provider_key, agent_id"
+        )
+        rows = await conn.fetch(sql, cutoff, cutoff)
+    else:
+        sql = (
+            f"DELETE FROM runtime_endpoints WHERE {retained}"
+            " RETURNING id, machine_id, provider_key, agent_id"
+        )
+        rows = await conn.fetch(sql, cutoff)
     return sorted(rows, key=lambda r: r["id"])
 
 

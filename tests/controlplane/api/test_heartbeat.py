@@ -580,9 +580,9 @@ async def test_no_heartbeat_is_accepted_after_the_revoke_commits(make_api: Any) 
     # Had any heartbeat been applied after the revoke, the lease would be set again.
     [view] = await _endpoints(api, agent["machineId"])
     assert (view["status"], view["leaseExpiresAt"], view["live"]) == ("unreachable", None, False)
-    [revoked] = await api.audit(type="machine-agent.revoked")
-    accepted = [r.item["observedAt"] for r in replies if r.status == 200]
-    assert all(parse_iso(t) <= parse_iso(revoked["createdAt"]) for t in accepted)
+    # (Timestamps cannot order them: the revoke reads the clock before it waits for the agent
+    # row that an in-flight batch holds; the lease state above is the proof.)
+    assert len(await api.audit(type="machine-agent.revoked")) == 1
 
 
 async def test_one_failing_heartbeat_in_a_batch_fails_alone(api: Api) -> None:
