@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from controlplane.mmctl.output import print_json, print_record, print_table
+from controlplane.mmctl.output import print_json, print_record, show_item, show_list
 
 if TYPE_CHECKING:
     from controlplane.mmctl.main import Context
@@ -54,19 +54,13 @@ async def _enroll(args: argparse.Namespace, ctx: Context) -> int:
 
 async def _list(args: argparse.Namespace, ctx: Context) -> int:
     items = await ctx.client.walk(f"/machines/{args.machine}/agents", {"status": args.status})
-    if ctx.json:
-        print_json({"items": items, "nextCursor": None})
-    else:
-        print_table(items, COLUMNS)
+    show_list(ctx.json, items, COLUMNS)
     return 0
 
 
 async def _get(args: argparse.Namespace, ctx: Context) -> int:
     reply = await ctx.client.call("GET", f"/machines/{args.machine}/agents/{args.agent}")
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controlplane.mmctl.output import print_json, print_record, print_table
+from controlplane.mmctl.output import print_json, show_item, show_list
 
 if TYPE_CHECKING:
     from controlplane.mmctl.main import Context
@@ -34,19 +34,13 @@ def read_token_file(path: str) -> str:
 async def _list(args: argparse.Namespace, ctx: Context) -> int:
     params = {"source": args.source, "status": args.status}
     items = await ctx.client.walk(f"/machines/{args.machine}/runtime-endpoints", params)
-    if ctx.json:
-        print_json({"items": items, "nextCursor": None})
-    else:
-        print_table(items, COLUMNS)
+    show_list(ctx.json, items, COLUMNS)
     return 0
 
 
 async def _get(args: argparse.Namespace, ctx: Context) -> int:
     reply = await ctx.client.call("GET", f"/machines/{args.machine}/runtime-endpoints/{args.key}")
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
     return 0
 
 
@@ -70,10 +64,7 @@ async def _put(args: argparse.Namespace, ctx: Context) -> int:
             return 2
     path = f"/machines/{args.machine}/runtime-endpoints/{args.key}"
     reply = await ctx.client.call("PUT", path, body)
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
     return 0
 
 

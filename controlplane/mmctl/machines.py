@@ -11,7 +11,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
-from controlplane.mmctl.output import print_json, print_record, print_table
+from controlplane.mmctl.output import print_json, print_table, show_item
 
 if TYPE_CHECKING:
     from controlplane.mmctl.main import Context
@@ -64,10 +64,7 @@ def _create_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show(ctx: Context, reply: Any) -> None:
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
 
 
 def _verified_by(machine: dict[str, Any]) -> str | None:

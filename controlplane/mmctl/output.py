@@ -47,3 +47,21 @@ def print_record(record: dict[str, Any]) -> None:
     width = max((len(k) for k in record), default=0)
     for key, value in record.items():
         sys.stdout.write(f"{key.ljust(width)}  {_cell(value)}\n")
+
+
+def show_list(
+    as_json: bool, items: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]
+) -> None:
+    """A walked list: the API's list envelope with ``--json``, else a table."""
+    if as_json:
+        print_json({"items": list(items), "nextCursor": None})
+    else:
+        print_table(items, columns)
+
+
+def show_item(as_json: bool, reply: dict[str, Any]) -> None:
+    """An ``{"item": …}`` reply: as it came with ``--json``, else one field per line."""
+    if as_json:
+        print_json(reply)
+    else:
+        print_record(reply["item"])

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controlplane.mmctl.output import print_json, print_record, print_table
+from controlplane.mmctl.output import print_json, print_table, show_item
 
 if TYPE_CHECKING:
     from controlplane.mmctl.main import Context
@@ -94,10 +94,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show(ctx: Context, reply: Any) -> None:
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
 
 
 async def _list(args: argparse.Namespace, ctx: Context) -> int:

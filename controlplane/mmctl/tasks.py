@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controlplane.mmctl.output import print_json, print_record, print_table
+from controlplane.mmctl.output import print_json, print_record, print_table, show_item
 
 if TYPE_CHECKING:
     from controlplane.mmctl.main import Context
@@ -162,10 +162,7 @@ async def _runs_list(args: argparse.Namespace, ctx: Context) -> int:
 
 async def _runs_get(args: argparse.Namespace, ctx: Context) -> int:
     reply = await ctx.client.call("GET", f"/runs/{args.run}")
-    if ctx.json:
-        print_json(reply)
-    else:
-        print_record(reply["item"])
+    show_item(ctx.json, reply)
     return 0
 
 
