@@ -146,6 +146,56 @@ async def _audit(
 # ---------------------------------------------------------------- reads
 
 
+def _changes(
+    row: Row, req: Any, sent: set[str], *, plain: tuple[str, ...], clearable: str
+) -> dict[str, Any]:
+    """The columns a node or edge PATCH changes: ``plain`` fields (null = unchanged), the one
+    field null clears, and ``data`` shallow-merged (a key set to null is removed)."""
+    changes: dict[str, Any] = {}
+    for name in plain:
+        value = getattr(req, name)
+        if value is not None and value != row[name]:
+            changes[name] = value
+    if clearable in sent and getattr(req, clearable) != row[clearable]:
+        changes[clearable] = getattr(req, clearable)
+    if req.data is not None:
+        stored = json.loads(row["data"])
+        merged = _merge(stored, req.data)
+        text = _data_text(merged)
+        if merged != stored or list(merged) != list(stored):
+            changes["data"] = text
+    return changes
+
+
+async def _save_update(
+    conn: Connection,
+    what: Literal["node", "edge"],
+    record_id: str,
+    machine_id: str,
+    changes: dict[str, Any],
+    *,
+    actor: str,
+) -> None:
+    """Write a node or edge change (``changes`` gains ``updated_at``) and its audit event."""
+    now = now_ms()
+    changes["updated_at"] = now
+    if what == "node":
+        await store_graph.update_node(conn, record_id, changes)
+    else:
+        await store_graph.update_edge(conn, record_id, changes)
+    fields = NODE_FIELDS if what == "node" else EDGE_FIELDS
+    await _audit(
+        conn,
+        actor=actor,
+        type=f"graph.{what}.updated",
+        resource_type=f"graph_{what}",
+        resource_id=record_id,
+        machine_id=machine_id,
+        payload={"changedFields": [f for f in fields if f in changes]},
+        at=now,
+    )
+
+
 async def get_graph(store: Store, machine_id: str) -> dict[str, Any]:
     async with store.read() as conn:
         await find_machine(conn, machine_id)
@@ -208,19 +258,7 @@ async def update_node(
         row = await store_graph.get_node(conn, machine_id, node_id)
         if row is None:
             raise NotFound(f"graph node {node_id} not found")
-        changes: dict[str, Any] = {}
-        for name in ("kind", "label", "status"):
-            value = getattr(req, name)
-            if value is not None and value != row[name]:
-                changes[name] = value
-        if "key" in sent and req.key != row["key"]:
-            changes["key"] = req.key
-        if req.data is not None:
-            stored = json.loads(row["data"])
-            merged = _merge(stored, req.data)
-            text = _data_text(merged)
-            if merged != stored or list(merged) != list(stored):
-                changes["data"] = text
+        changes = _changes(row, req, sent, plain=("kind", "label", "status"), clearable="key")
         if not changes:
             return node_view(row)
         kind = str(changes.get("kind", row["kind"]))
@@ -231,19 +269,7 @@ async def update_node(
             and await store_graph.node_with_key(conn, machine_id, kind, key, other_than=node_id)
         ):
             raise Conflict(f"a node with kind {kind!r} and key {key!r} already exists")
-        now = now_ms()
-        changes["updated_at"] = now
-        await store_graph.update_node(conn, node_id, changes)
-        await _audit(
-            conn,
-            actor=actor,
-            type="graph.node.updated",
-            resource_type="graph_node",
-            resource_id=node_id,
-            machine_id=machine_id,
-            payload={"changedFields": [f for f in NODE_FIELDS if f in changes]},
-            at=now,
-        )
+        await _save_update(conn, "node", node_id, machine_id, changes, actor=actor)
     return node_view({**row, **changes})
 
 
@@ -351,38 +377,14 @@ async def update_edge(
         ]
         if immutable:
             raise ValidationFailed(details=immutable)
-        changes: dict[str, Any] = {}
-        for name in ("kind", "status"):
-            value = getattr(req, name)
-            if value is not None and value != row[name]:
-                changes[name] = value
-        if "label" in sent and req.label != row["label"]:
-            changes["label"] = req.label
-        if req.data is not None:
-            stored = json.loads(row["data"])
-            merged = _merge(stored, req.data)
-            text = _data_text(merged)
-            if merged != stored or list(merged) != list(stored):
-                changes["data"] = text
+        changes = _changes(row, req, sent, plain=("kind", "status"), clearable="label")
         if not changes:
             return edge_view(row)
         if "kind" in changes and await store_graph.edge_between(
             conn, row["from_node_id"], row["to_node_id"], changes["kind"], other_than=edge_id
         ):
             raise Conflict(f"an edge of kind {changes['kind']!r} already joins these nodes")
-        now = now_ms()
-        changes["updated_at"] = now
-        await store_graph.update_edge(conn, edge_id, changes)
-        await _audit(
-            conn,
-            actor=actor,
-            type="graph.edge.updated",
-            resource_type="graph_edge",
-            resource_id=edge_id,
-            machine_id=machine_id,
-            payload={"changedFields": [f for f in EDGE_FIELDS if f in changes]},
-            at=now,
-        )
+        await _save_update(conn, "edge", edge_id, machine_id, changes, actor=actor)
     return edge_view({**row, **changes})
 
 
