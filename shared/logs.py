@@ -38,6 +38,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
     structlog.configure(
         processors=[
+            # Drop events below the level before any processor runs: a DEBUG line per heartbeat
+            # would otherwise be timestamped and rendered just to be thrown away.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
