@@ -8,6 +8,7 @@ from typing import Any
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
 from controlplane.store.pagination import keyset
+from controlplane.store.rows import insert_row, update_row
 
 COLUMNS = (
     "id",
@@ -39,24 +40,12 @@ async def get_of_machine(
 
 async def insert(conn: Connection, row: Mapping[str, Any]) -> None:
     """``row`` holds every column of :data:`COLUMNS` (``allowed_provider_keys`` JSON-encoded)."""
-    marks = ", ".join("?" for _ in COLUMNS)
-    await conn.execute(
-        f"INSERT INTO machine_agents ({', '.join(COLUMNS)}) VALUES ({marks})",
-        *(row[c] for c in COLUMNS),
-    )
+    await insert_row(conn, "machine_agents", COLUMNS, row)
 
 
 async def update(conn: Connection, agent_id: str, changes: Mapping[str, Any]) -> None:
     """Set the given columns (names from :data:`COLUMNS`)."""
-    if not changes:
-        return
-    unknown = set(changes) - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown machine agent columns: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in changes)
-    await conn.execute(
-        f"UPDATE machine_agents SET {assignments} WHERE id = ?", *changes.values(), agent_id
-    )
+    await update_row(conn, "machine_agents", COLUMNS, agent_id, changes)
 
 
 async def list_page(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controlplane.store.base import Connection, Row
+from controlplane.store.rows import insert_row, update_row
 
 NODE_COLUMNS = (
     "id",
@@ -30,27 +31,6 @@ EDGE_COLUMNS = (
     "created_at",
     "updated_at",
 )
-
-
-async def _insert(
-    conn: Connection, table: str, columns: tuple[str, ...], row: Mapping[str, Any]
-) -> None:
-    marks = ", ".join("?" for _ in columns)
-    await conn.execute(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", *(row[c] for c in columns)
-    )
-
-
-async def _update(
-    conn: Connection, table: str, columns: tuple[str, ...], row_id: str, changes: Mapping[str, Any]
-) -> None:
-    unknown = set(changes) - set(columns)
-    if unknown:
-        raise ValueError(f"unknown {table} columns: {sorted(unknown)}")
-    if not changes:
-        return
-    assignments = ", ".join(f"{column} = ?" for column in changes)
-    await conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", *changes.values(), row_id)
 
 
 # ---------------------------------------------------------------- nodes
@@ -82,11 +62,11 @@ async def node_with_key(
 
 
 async def insert_node(conn: Connection, row: Mapping[str, Any]) -> None:
-    await _insert(conn, "graph_nodes", NODE_COLUMNS, row)
+    await insert_row(conn, "graph_nodes", NODE_COLUMNS, row)
 
 
 async def update_node(conn: Connection, node_id: str, changes: Mapping[str, Any]) -> None:
-    await _update(conn, "graph_nodes", NODE_COLUMNS, node_id, changes)
+    await update_row(conn, "graph_nodes", NODE_COLUMNS, node_id, changes)
 
 
 async def delete_node(conn: Connection, node_id: str) -> None:
@@ -137,11 +117,11 @@ async def edges_touching(conn: Connection, node_id: str) -> list[Row]:
 
 
 async def insert_edge(conn: Connection, row: Mapping[str, Any]) -> None:
-    await _insert(conn, "graph_edges", EDGE_COLUMNS, row)
+    await insert_row(conn, "graph_edges", EDGE_COLUMNS, row)
 
 
 async def update_edge(conn: Connection, edge_id: str, changes: Mapping[str, Any]) -> None:
-    await _update(conn, "graph_edges", EDGE_COLUMNS, edge_id, changes)
+    await update_row(conn, "graph_edges", EDGE_COLUMNS, edge_id, changes)
 
 
 async def delete_edge(conn: Connection, edge_id: str) -> None:

@@ -13,6 +13,7 @@ from controlplane.errors import MachineIdentityExists
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
 from controlplane.store.pagination import keyset
+from controlplane.store.rows import insert_row, update_row
 
 COLUMNS = (
     "id",
@@ -48,12 +49,8 @@ def _is_identity_conflict(exc: Exception) -> bool:
 
 async def insert(conn: Connection, row: Mapping[str, Any]) -> None:
     """``row`` holds every column of :data:`COLUMNS` (JSON columns already encoded)."""
-    marks = ", ".join("?" for _ in COLUMNS)
     try:
-        await conn.execute(
-            f"INSERT INTO machines ({', '.join(COLUMNS)}) VALUES ({marks})",
-            *(row[c] for c in COLUMNS),
-        )
+        await insert_row(conn, "machines", COLUMNS, row)
     except Exception as exc:
         if _is_identity_conflict(exc):
             raise MachineIdentityExists() from None
@@ -62,16 +59,8 @@ async def insert(conn: Connection, row: Mapping[str, Any]) -> None:
 
 async def update(conn: Connection, machine_id: str, changes: Mapping[str, Any]) -> None:
     """Set the given columns (names from :data:`COLUMNS`)."""
-    if not changes:
-        return
-    unknown = set(changes) - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown machine columns: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in changes)
     try:
-        await conn.execute(
-            f"UPDATE machines SET {assignments} WHERE id = ?", *changes.values(), machine_id
-        )
+        await update_row(conn, "machines", COLUMNS, machine_id, changes)
     except Exception as exc:
         if _is_identity_conflict(exc):
             raise MachineIdentityExists() from None

@@ -8,6 +8,7 @@ from typing import Any
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
 from controlplane.store.pagination import keyset
+from controlplane.store.rows import insert_row, update_row
 
 COLUMNS = (
     "id",
@@ -45,23 +46,11 @@ async def get_many(conn: Connection, policy_ids: Sequence[str], *, lock: bool = 
 
 
 async def insert(conn: Connection, row: Mapping[str, Any]) -> None:
-    marks = ", ".join("?" for _ in COLUMNS)
-    await conn.execute(
-        f"INSERT INTO policies ({', '.join(COLUMNS)}) VALUES ({marks})",
-        *(row[c] for c in COLUMNS),
-    )
+    await insert_row(conn, "policies", COLUMNS, row)
 
 
 async def update(conn: Connection, policy_id: str, changes: Mapping[str, Any]) -> None:
-    if not changes:
-        return
-    unknown = set(changes) - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown policy columns: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in changes)
-    await conn.execute(
-        f"UPDATE policies SET {assignments} WHERE id = ?", *changes.values(), policy_id
-    )
+    await update_row(conn, "policies", COLUMNS, policy_id, changes)
 
 
 async def delete(conn: Connection, policy_id: str) -> None:

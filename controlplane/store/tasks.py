@@ -12,6 +12,7 @@ from typing import Any
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
 from controlplane.store.pagination import keyset
+from controlplane.store.rows import insert_row, update_row
 
 TASK_COLUMNS = (
     "id",
@@ -102,11 +103,7 @@ _COLUMNS = {
 
 
 async def _insert(conn: Connection, table: str, row: Mapping[str, Any]) -> None:
-    columns = _COLUMNS[table]
-    marks = ", ".join("?" for _ in columns)
-    await conn.execute(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", *(row[c] for c in columns)
-    )
+    await insert_row(conn, table, _COLUMNS[table], row)
 
 
 async def _update_if(
@@ -117,16 +114,7 @@ async def _update_if(
     expected: Sequence[str] | None,
 ) -> int:
     """Set ``changes`` on the row; with ``expected``, only while its status is one of them."""
-    unknown = set(changes) - set(_COLUMNS[table])
-    if unknown:
-        raise ValueError(f"unknown {table} columns: {sorted(unknown)}")
-    assignments = ", ".join(f"{column} = ?" for column in changes)
-    sql = f"UPDATE {table} SET {assignments} WHERE id = ?"
-    args: list[Any] = [*changes.values(), row_id]
-    if expected is not None:
-        sql += f" AND status IN ({', '.join('?' for _ in expected)})"
-        args += list(expected)
-    return await conn.execute(sql, *args)
+    return await update_row(conn, table, _COLUMNS[table], row_id, changes, status_in=expected)
 
 
 async def _page(
