@@ -57,6 +57,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite's DEBUG lines repeat every statement's callable with its arguments: noise, and
+    # SQL parameters have no business in logs. Its warnings and errors still come through.
+    logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -42,7 +42,7 @@ class HeartbeatEndpointEntry(RequestModel):
     endpoint_base_url: BaseUrl
     label: EndpointLabel | None = None
     auth_type: EndpointAuthType | None = None
-    auth_token: AuthToken | None = None
+    auth_token: AuthToken | None = Field(default=None, repr=False)
     model_alias: ModelAlias | None = None
     network_scope: EndpointNetworkScope | None = None
     probe_path: ProbePath | None = None
@@ -77,7 +77,7 @@ class HeartbeatEndpointEntry(RequestModel):
 class HeartbeatRequest(RequestModel):
     machine_id: NonBlank
     agent_id: NonBlank
-    agent_token: str | None = None
+    agent_token: str | None = Field(default=None, repr=False)
     endpoints: list[HeartbeatEndpointEntry] = Field(max_length=64)
     lease_seconds: JsonInt | None = Field(default=None, ge=1)
     lease_ttl_seconds: JsonInt | None = Field(default=None, ge=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BeforeValidator, ConfigDict, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from controlplane import keys
 from controlplane.api.schemas import ItemResponse, ListResponse
@@ -48,7 +48,7 @@ class UpsertRuntimeEndpointRequest(RequestModel):
     endpoint_base_url: BaseUrl
     label: EndpointLabel | None = None
     auth_type: EndpointAuthType | None = None
-    auth_token: AuthToken | None = None
+    auth_token: AuthToken | None = Field(default=None, repr=False)
     model_alias: ModelAlias | None = None
     network_scope: EndpointNetworkScope | None = None
     probe_path: ProbePath | None = None

@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,7 +66,7 @@ from controlplane.services.secrets import TokenCipher
 from controlplane.settings import Settings
 from controlplane.store import agents, audit
 from controlplane.store import runtime_endpoints as endpoints
-from controlplane.store.base import Connection, Row, Store, is_transient
+from controlplane.store.base import Connection, Store, is_transient
 from shared.logs import get_logger
 from shared.timeutil import now_ms, to_iso
 from shared.wire import HeartbeatEndpointEntry, HeartbeatRequest
@@ -88,10 +89,6 @@ def pick_token(body_token: str | None, header_token: str | None, bearer: str | N
     if any(t != present[0] for t in present[1:]):
         raise AgentAuthInvalid("the agent token carriers differ")
     return present[0]
-
-
-def _as_dict(row: Row) -> dict[str, Any]:
-    return dict(zip(row.keys(), row, strict=True))
 
 
 class EntryMemo:
@@ -151,7 +148,7 @@ class EntryMemo:
 @dataclass(slots=True)
 class _Pending:
     request: HeartbeatRequest
-    token_digest: str
+    token_digest: str = field(repr=False)
     future: asyncio.Future[Result]
     admitted: bool | None = None  # the rate limiter's answer, kept across a retry
 
@@ -309,21 +306,22 @@ class HeartbeatService:
             attempt += 1
 
     async def _apply(self, batch: list[_Pending]) -> list[Result | ApiError]:
+        return await self._store.run_write(partial(self._apply_in, batch))
+
+    async def _apply_in(self, batch: list[_Pending], conn: Connection) -> list[Result | ApiError]:
+        """The batch's transaction; on SQLite it runs in the writer's thread (awaits only conn)."""
         machine_ids = sorted({p.request.machine_id for p in batch})
         agent_ids = sorted({p.request.agent_id for p in batch})
-        async with self._store.write() as conn:
-            now = now_ms()
-            agent_rows = await agents.lock_for_heartbeats(conn, machine_ids, agent_ids)
-            endpoint_rows = await endpoints.lock_for_heartbeats(conn, machine_ids)
-            state = _Batch(
-                now=now,
-                agents={a["id"]: _as_dict(a) for a in agent_rows},
-                endpoints={
-                    (e["machine_id"], e["provider_key"]): _as_dict(e) for e in endpoint_rows
-                },
-            )
-            outcomes = [self._decide(p, state) for p in batch]
-            await self._write(conn, state)
+        now = now_ms()
+        agent_rows = await agents.lock_for_heartbeats(conn, machine_ids, agent_ids)
+        endpoint_rows = await endpoints.lock_for_heartbeats(conn, machine_ids)
+        state = _Batch(
+            now=now,
+            agents={a["id"]: a for a in agent_rows},
+            endpoints={(e["machine_id"], e["provider_key"]): e for e in endpoint_rows},
+        )
+        outcomes = [self._decide(p, state) for p in batch]
+        await self._write(conn, state)
         return outcomes
 
     @staticmethod

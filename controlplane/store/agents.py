@@ -7,6 +7,7 @@ from typing import Any
 
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
+from controlplane.store.bulk import select_rows, update_rows
 from controlplane.store.pagination import keyset
 from controlplane.store.rows import insert_row, update_row
 
@@ -61,9 +62,17 @@ async def list_page(
     return await conn.fetch(sql, *args)
 
 
+_HEARTBEAT_FIELDS = {
+    **{c: f"a.{c}" for c in COLUMNS},
+    "machine_status": "m.status",
+    "machine_identity_proof": "m.identity_proof",
+    "machine_identity_attestation": "m.identity_attestation",
+}
+
+
 async def lock_for_heartbeats(
     conn: Connection, machine_ids: Sequence[str], agent_ids: Sequence[str]
-) -> list[Row]:
+) -> list[dict[str, Any]]:
     """A heartbeat batch's agents, each with its machine's gate columns (``machine_*``).
 
     Both rows are locked for the batch's transaction: on PostgreSQL the machines first, then the
@@ -76,16 +85,14 @@ async def lock_for_heartbeats(
         await conn.execute(
             f"SELECT id FROM machines WHERE id IN ({marks}) ORDER BY id FOR UPDATE", *machine_ids
         )
-    marks = ", ".join("?" for _ in agent_ids)
-    sql = (
-        "SELECT a.*, m.status AS machine_status, m.identity_proof AS machine_identity_proof,"
-        " m.identity_attestation AS machine_identity_attestation"
-        " FROM machine_agents a JOIN machines m ON m.id = a.machine_id"
-        f" WHERE a.id IN ({marks}) ORDER BY a.id"
+    return await select_rows(
+        conn,
+        _HEARTBEAT_FIELDS,
+        "machine_agents a JOIN machines m ON m.id = a.machine_id",
+        "a.id",
+        agent_ids,
+        postgres_tail="ORDER BY a.id FOR UPDATE OF a",
     )
-    if conn.dialect == "postgresql":
-        sql += " FOR UPDATE OF a"
-    return await conn.fetch(sql, *agent_ids)
 
 
 def machine_of(agent: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,14 +118,9 @@ async def last_seen(conn: Connection, agent_ids: Sequence[str]) -> dict[str, int
     return out
 
 
-HEARTBEAT_UPDATE = (
-    "UPDATE machine_agents SET status = ?, last_seen_at = ?, last_sequence = ?,"
-    " last_lease_seconds = ?, updated_at = ? WHERE id = ?"
-)
+HEARTBEAT_COLUMNS = ("status", "last_seen_at", "last_sequence", "last_lease_seconds", "updated_at")
 
 
 async def save_heartbeats(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
-    """One statement for a whole batch: ``(status, last_seen_at, last_sequence,
-    last_lease_seconds, updated_at, id)`` per agent."""
-    if rows:
-        await conn.executemany(HEARTBEAT_UPDATE, rows)
+    """One statement for a whole batch: the :data:`HEARTBEAT_COLUMNS`, then the id, per agent."""
+    await update_rows(conn, "machine_agents", HEARTBEAT_COLUMNS, rows)

@@ -9,10 +9,11 @@ that fails writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
+T = TypeVar("T")
 Row = Mapping[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -57,6 +58,14 @@ class Store(Protocol):
 
     def write(self) -> AbstractAsyncContextManager[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite, ``BEGIN`` on PostgreSQL)."""
+        ...
+
+    async def run_write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """``work(conn)`` in one write transaction, like :meth:`write`.
+
+        SQLite runs the whole of ``work`` in its writer's thread, in one trip instead of one per
+        statement, so ``work`` must await nothing but the connection it is given.
+        """
         ...
 
     async def singleton_lock(self, conn: Connection, name: str) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from controlplane.store.base import Connection, Dialect, Row
+
+T = TypeVar("T")
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -84,6 +86,11 @@ class PostgresStore:
         assert self._pool is not None, "store is not open"
         async with self._pool.acquire() as conn, conn.transaction():
             yield PostgresConnection(conn)
+
+    async def run_write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """``work`` in one write transaction (see :meth:`write`)."""
+        async with self.write() as conn:
+            return await work(conn)
 
     async def singleton_lock(self, conn: Connection, name: str) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(?)", lock_key(name))

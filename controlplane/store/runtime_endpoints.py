@@ -10,6 +10,7 @@ from typing import Any
 
 from controlplane.http import PageRequest
 from controlplane.store.base import Connection, Row
+from controlplane.store.bulk import select_rows, update_rows
 from controlplane.store.pagination import keyset
 
 COLUMNS = (
@@ -33,6 +34,7 @@ COLUMNS = (
     "created_at",
     "updated_at",
 )
+_ALL_FIELDS = {c: c for c in COLUMNS}
 # Everything a write may change: the identity columns and created_at never change.
 MUTABLE = tuple(c for c in COLUMNS if c not in ("id", "machine_id", "provider_key", "created_at"))
 
@@ -99,10 +101,7 @@ async def replace(conn: Connection, row: Mapping[str, Any]) -> None:
     await conn.execute(_UPDATE, *_values(row, MUTABLE), row["id"])
 
 
-_RENEW = (
-    "UPDATE runtime_endpoints SET lease_expires_at = ?, last_checked_at = ?, last_healthy_at = ?"
-    " WHERE id = ?"
-)
+_RENEWED = ("lease_expires_at", "last_checked_at", "last_healthy_at")
 
 
 async def save_batch(
@@ -120,31 +119,29 @@ async def save_batch(
         await conn.executemany(_INSERT, [_values(r, COLUMNS) for r in inserts])
     if updates:
         await conn.executemany(_UPDATE, [(*_values(r, MUTABLE), r["id"]) for r in updates])
-    if renewals:
-        await conn.executemany(
-            _RENEW,
-            [
-                (r["lease_expires_at"], r["last_checked_at"], r["last_healthy_at"], r["id"])
-                for r in renewals
-            ],
-        )
+    await update_rows(
+        conn, "runtime_endpoints", _RENEWED, [(*_values(r, _RENEWED), r["id"]) for r in renewals]
+    )
 
 
 async def delete(conn: Connection, endpoint_id: str) -> None:
     await conn.execute("DELETE FROM runtime_endpoints WHERE id = ?", endpoint_id)
 
 
-async def lock_for_heartbeats(conn: Connection, machine_ids: Sequence[str]) -> list[Row]:
-    """Every endpoint of the batch's machines, locked in id order.
+async def lock_for_heartbeats(conn: Connection, machine_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Every endpoint of the batch's machines (locked in id order on PostgreSQL).
 
     Selected by machine alone: a list of provider keys as well would let one batch of made-up
     heartbeats (tokens are checked later) ask for machines × keys index probes.
     """
-    if not machine_ids:
-        return []
-    marks = ", ".join("?" for _ in machine_ids)
-    sql = f"SELECT * FROM runtime_endpoints WHERE machine_id IN ({marks}) ORDER BY id"
-    return await conn.fetch(sql + conn.for_update, *machine_ids)
+    return await select_rows(
+        conn,
+        _ALL_FIELDS,
+        "runtime_endpoints",
+        "machine_id",
+        machine_ids,
+        postgres_tail="ORDER BY id FOR UPDATE",
+    )
 
 
 async def of_agent(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -17,6 +17,7 @@ from controlplane.store.base import Connection, Dialect, Row
 sqlite3.register_adapter(Decimal, str)
 
 _READERS = 3
+T = TypeVar("T")
 
 
 class SqliteConnection:
@@ -49,6 +50,47 @@ class SqliteConnection:
         await self._conn.executescript(sql)
 
 
+class InlineConnection:
+    """The :class:`Connection` protocol on the raw ``sqlite3`` connection, inside its own thread.
+
+    Every method runs its statement at once and returns without suspending, so a unit of work
+    written against the protocol runs to completion in the writer's thread (see
+    :meth:`SqliteStore.run_write`).
+    """
+
+    dialect: Dialect = "sqlite"
+    for_update = ""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return cast(list[Row], self._conn.execute(sql, args).fetchall())
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        return cast(Row | None, self._conn.execute(sql, args).fetchone())
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = self._conn.execute(sql, args).fetchone()
+        return row[0] if row is not None else None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return int(self._conn.execute(sql, args).rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
+def _run_inline(work: Coroutine[Any, Any, T]) -> T:
+    """Drive a coroutine that never suspends (it awaits only an :class:`InlineConnection`)."""
+    try:
+        work.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    work.close()
+    raise RuntimeError("a unit of work run in the SQLite writer's thread awaited something else")
+
+
 async def _open(path: str, *, readonly: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -73,6 +115,10 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        # Whether run_write may run a transaction whole in the writer's thread (see there).
+        self.one_trip_writes = all(
+            hasattr(aiosqlite.Connection, name) for name in ("_execute", "_conn")
+        )
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +147,35 @@ class SqliteStore:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+
+    async def run_write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """``work`` in one write transaction, run whole in the writer's thread: one trip there and
+        back instead of one per statement (each trip wakes the event loop and hands the GIL from
+        one thread to the other). ``work`` may await only the connection it is given.
+
+        aiosqlite runs a callable in its thread only through private members (``_execute``,
+        ``_conn``); without them this falls back to :meth:`write`, one trip per statement
+        (``tests/test_store_sqlite.py`` fails if the installed aiosqlite lacks them).
+        """
+        assert self._writer is not None, "store is not open"
+        run_in_thread = getattr(self._writer, "_execute", None) if self.one_trip_writes else None
+        if run_in_thread is None:
+            async with self.write() as conn:
+                return await work(conn)
+        async with self._write_lock:
+            return cast(T, await run_in_thread(self._transaction, work))
+
+    def _transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """In the writer's thread: ``BEGIN IMMEDIATE``, ``work``, ``COMMIT`` (``ROLLBACK``)."""
+        raw: sqlite3.Connection = getattr(self._writer, "_conn")  # noqa: B009 - private member
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            result = _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+        return result
 
     async def singleton_lock(self, conn: Connection, name: str) -> None:
         # One process owns the file's single writer; BEGIN IMMEDIATE already excludes the rest.
