@@ -9,35 +9,45 @@ What it does, in one run:
    endpoints each: 20,000 agent endpoints), all over the real API;
 3. drives heartbeats with ``wrk`` (``--connections`` 64, one thread), a Lua script rotating
    through the agents' bodies (consecutive requests name different agents, two endpoints each,
-   no ``sequence``, so every one is a plain renewal), for ``--duration`` seconds, and reads
-   heartbeats/s, p50/p99 and non-2xx answers from wrk;
+   no ``sequence``, so every one is a plain renewal), and, with the same wrk command and
+   bodies, a bare aiohttp handler that parses the same JSON and answers a small item:
+   ``--rounds`` (3) interleaved rounds of ``--duration`` (10) seconds each, heartbeat then bare,
+   so that a noisy neighbour slows both alike. Each round reports requests/s, p50/p99,
+   non-2xx answers (from wrk) and the server's CPU per request (``/proc/<pid>/stat``); the
+   figures are the median rounds and the ratio of their throughputs (target ≥ 0.35), with the
+   ratio of each round beside it;
 4. measures expiry lateness: 50 agents send one heartbeat with a 5 s lease and stop; their
    ``runtime-endpoint.lease-expired`` events are read back and ``createdAt - leaseExpiredAt``
    is reported (target ≤ sweep interval + 1 s);
-5. drives a bare aiohttp handler that parses the same JSON and answers a small item with the
-   same wrk command and bodies, and prints the ratio (target ≥ 0.35);
-6. reads the control plane's peak RSS (``VmHWM``, target ≤ 200 MB) and, from ``/metrics``, its
+5. reads the control plane's peak RSS (``VmHWM``, target ≤ 200 MB) and, from ``/metrics``, its
    sweep durations while under load and the mean group-commit batch;
-7. stops the server and times sweeps over a copy of the 20,000-endpoint database in this
+6. stops the server and times sweeps over a copy of the 20,000-endpoint database in this
    process: with nothing to expire (target ≤ 50 ms), and expiring all 20,000 at once (storm
    guard off; one audit event each).
 
 Run it (wrk from Debian: ``apt-get update && apt-get install -y wrk``), from the repository root
 with the project installed, on an otherwise idle machine (it prints the load average it saw)::
 
-    python benchmarks/heartbeat_load.py                  # the issue's configuration (~3 min)
-    python benchmarks/heartbeat_load.py --agents 1000 --duration 10   # a quick look
+    python benchmarks/heartbeat_load.py                  # the issue's configuration (~4 min)
+    python benchmarks/heartbeat_load.py --agents 2000 --rounds 1     # a quick look
     python benchmarks/heartbeat_load.py --log-level debug   # with an access line per heartbeat
 
 Figures go to stdout; ``--json FILE`` also writes them as JSON.
 
-Two choices on the heartbeat path come from this benchmark (figures in issue 3's notes):
+On a shared (virtual) machine the throughput of both targets moves by ±20 % from one run to the
+next; compare the per-round ratios and the CPU per request rather than single throughputs.
+
+Choices on the heartbeat path that come from this benchmark (figures in issue 3's notes):
 
 - successful heartbeats are access-logged at DEBUG, not INFO (``controlplane/middleware.py``):
   an INFO line per request cost about a third of the throughput;
 - the heartbeat cleanup context raises CPython's young-generation GC threshold
   (``controlplane/api/heartbeat.py``): with the default, full collections stalled the loop for
-  ~30 ms several times a second, which alone doubled p99.
+  ~30 ms several times a second, which alone doubled p99;
+- on SQLite a batch's rows are read and written as one JSON document each and the batch runs in
+  one trip to the writer's thread (``controlplane/store/bulk.py``, ``SqliteStore.run_write``):
+  the driver's GIL hand-off per row had left the writer waiting more than working;
+- request bodies are parsed and responses encoded with orjson (``controlplane/http.py``).
 """
 
 from __future__ import annotations

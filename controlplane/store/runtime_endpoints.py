@@ -101,7 +101,8 @@ async def replace(conn: Connection, row: Mapping[str, Any]) -> None:
     await conn.execute(_UPDATE, *_values(row, MUTABLE), row["id"])
 
 
-_RENEWED = ("lease_expires_at", "last_checked_at", "last_healthy_at")
+# What a plain renewal writes; no index may read these columns (migration m0021).
+RENEWED = ("lease_expires_at", "last_checked_at", "last_healthy_at")
 
 
 async def save_batch(
@@ -120,7 +121,7 @@ async def save_batch(
     if updates:
         await conn.executemany(_UPDATE, [(*_values(r, MUTABLE), r["id"]) for r in updates])
     await update_rows(
-        conn, "runtime_endpoints", _RENEWED, [(*_values(r, _RENEWED), r["id"]) for r in renewals]
+        conn, "runtime_endpoints", RENEWED, [(*_values(r, RENEWED), r["id"]) for r in renewals]
     )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from controlplane.store import Store, open_store_url
+from controlplane.store import Store, migrate, open_store_url
+from controlplane.store import runtime_endpoints as endpoints
 from controlplane.store.base import Connection
 from controlplane.store.bulk import select_rows, update_rows
 from controlplane.store.sqlite import SqliteStore
@@ -140,3 +141,66 @@ def test_installed_aiosqlite_runs_a_transaction_in_one_trip() -> None:
     silently falls back to a trip per statement. This fails first if an upgrade drops them."""
     assert hasattr(aiosqlite.Connection, "_execute")
     assert hasattr(aiosqlite.Connection, "_conn")
+
+
+async def test_lease_renewals_touch_no_indexed_column(database_url: str) -> None:
+    """A plain renewal writes only ``RENEWED``. While no index reads those columns PostgreSQL
+    updates the row in place (HOT: no index entries written, none left for vacuum)."""
+    store = await open_store_url(database_url)
+    try:
+        await migrate(store)
+        async with store.read() as conn:
+            if store.dialect == "sqlite":
+                sql = (
+                    "SELECT sql FROM sqlite_master WHERE type = 'index'"
+                    " AND tbl_name = 'runtime_endpoints' AND sql IS NOT NULL"
+                )
+            else:
+                sql = (
+                    "SELECT indexdef FROM pg_indexes WHERE tablename = 'runtime_endpoints'"
+                    " AND schemaname = current_schema()"
+                )
+            definitions = [row[0] for row in await conn.fetch(sql)]
+        assert len(definitions) >= 3  # SQLite lists its explicit indexes only
+        for definition in definitions:
+            assert not [c for c in endpoints.RENEWED if c in definition], definition
+        if store.dialect == "postgresql":
+            await _assert_renewals_are_hot(store)
+    finally:
+        await store.close()
+
+
+async def _assert_renewals_are_hot(store: Store) -> None:
+    now = 1_700_000_000_000
+    row = {
+        "id": "rep_1", "machine_id": "m1", "provider_key": "qvac", "source": "agent",
+        "label": "l", "endpoint_base_url": "http://10.0.0.1:1", "auth_type": "none",
+        "auth_token_enc": None, "network_scope": "lan", "probe_path": "/", "model_alias": None,
+        "status": "active", "agent_id": "a1", "lease_expires_at": now, "last_checked_at": now,
+        "last_healthy_at": now, "health_error": None, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    async with store.write() as conn:
+        await conn.execute(
+            "INSERT INTO machines VALUES ('m1', 'm', 'o', 't', 'p', 'active', NULL, NULL, NULL,"
+            " '[]', '{}', '[]', '[]', ?, ?)",
+            now,
+            now,
+        )
+        await endpoints.insert(conn, row)
+    for i in range(1, 21):
+        renewed = {**row, "lease_expires_at": now + i, "last_checked_at": now + i}
+        async with store.write() as conn:
+            await endpoints.save_batch(conn, inserts=[], updates=[], renewals=[renewed])
+    stats = (0, 0)
+    for _ in range(40):  # a backend publishes its statistics within about a second
+        async with store.read() as conn:
+            found = await conn.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE relname = 'runtime_endpoints' AND schemaname = current_schema()"
+            )
+        assert found is not None
+        stats = (found["n_tup_upd"], found["n_tup_hot_upd"])
+        if stats[0] >= 20:
+            break
+        await asyncio.sleep(0.1)
+    assert stats == (20, 20)
