@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, WithJsonSchema
 
 from controlplane.errors import ValidationFailed
@@ -330,8 +331,12 @@ def encode(value: Any) -> bytes:
         return dumps(value).encode()
 
 
+_JSON_HEADERS = CIMultiDict({"Content-Type": "application/json; charset=utf-8"})
+
+
 def _json_response(body: bytes, status: int) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
+    # Prebuilt headers (the response copies them): content_type= and charset= are parsed anew.
+    return web.Response(body=body, status=status, headers=_JSON_HEADERS)
 
 
 def _plain(value: Any) -> Any:

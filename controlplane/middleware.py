@@ -59,7 +59,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     incoming = request.headers.get("x-request-id", "")
     # 32 random hex digits, like uuid4().hex. An id names a request, it guards nothing, so it
     # comes from the process's PRNG: os.urandom costs a system call per request.
-    request_id = incoming if _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
+    if incoming and _REQUEST_ID.match(incoming):
+        request_id = incoming
+    else:
+        request_id = f"{random.getrandbits(128):032x}"
     request[keys.REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(requestId=request_id)
     started = time.perf_counter()

@@ -75,6 +75,7 @@ log = get_logger("controlplane.heartbeat")
 
 MAX_BATCH = 256
 MAX_ENTRIES = 64
+ALLOWED_LISTS = 4096
 TRANSIENT_ATTEMPTS = 5
 
 # A HeartbeatResult in wire form: built as a plain dict, the hot path's cheapest shape.
@@ -160,7 +161,6 @@ class _Batch:
     now: int
     agents: dict[str, dict[str, Any]]
     endpoints: dict[tuple[str, str], dict[str, Any]]
-    allowed: dict[str, list[str]] = field(default_factory=dict)
     dirty_agents: set[str] = field(default_factory=set)
     inserted: set[tuple[str, str]] = field(default_factory=set)
     changed: set[tuple[str, str]] = field(default_factory=set)
@@ -196,6 +196,7 @@ class HeartbeatService:
         self._max_lease = lease.max_seconds
         self._enrolment_ttl_ms = settings.agents.enrollment_ttl_seconds * 1000
         self._entries = EntryMemo()
+        self._allowed: dict[str, list[str]] = {}  # used by the writer only
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -353,6 +354,16 @@ class HeartbeatService:
 
     # ------------------------------------------------------------ one heartbeat
 
+    def _allowed_of(self, text: str) -> list[str]:
+        """An agent's ``allowedProviderKeys`` from its stored JSON. Thousands of agents share a
+        few distinct lists: each is parsed once and shared (never mutated)."""
+        keys = self._allowed.get(text)
+        if keys is None:
+            if len(self._allowed) >= ALLOWED_LISTS:
+                self._allowed.clear()
+            keys = self._allowed[text] = json.loads(text)
+        return keys
+
     def lease_of(self, request: HeartbeatRequest) -> int:
         """``leaseSeconds ?? leaseTtlSeconds ?? lease.default_seconds``, clamped (§6.1)."""
         sent = request.lease_seconds
@@ -387,9 +398,7 @@ class HeartbeatService:
             return exc
         lease = self.lease_of(request)
         last_sequence = agent["last_sequence"]
-        allowed = state.allowed.get(agent["id"])
-        if allowed is None:
-            allowed = state.allowed[agent["id"]] = json.loads(agent["allowed_provider_keys"])
+        allowed = self._allowed_of(agent["allowed_provider_keys"])
         if (
             request.sequence is not None
             and last_sequence is not None
