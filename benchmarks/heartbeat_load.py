@@ -36,6 +36,10 @@ Figures go to stdout; ``--json FILE`` also writes them as JSON.
 
 On a shared (virtual) machine the throughput of both targets moves by ±20 % from one run to the
 next; compare the per-round ratios and the CPU per request rather than single throughputs.
+``--pin`` keeps each server (control plane or bare handler, with all their threads) on CPU 0 and
+wrk on CPU 1, so the load generator never shares a core with a server and the heartbeat's event
+loop and SQLite writer thread hand the GIL over on one core. In this project's runs it did not
+remove the variation between rounds (heartbeat CPU per request 150-210 µs either way).
 
 Choices on the heartbeat path that come from this benchmark (figures in issue 3's notes):
 
@@ -167,11 +171,25 @@ def wrk_command(url: str, script: Path, bodies: Path, connections: int, duration
     ]
 
 
+def pinned(cpu: int | None) -> Any:
+    """A ``preexec_fn`` that keeps the child (and every thread it starts) on one CPU, or None."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def run_wrk(
-    url: str, script: Path, bodies: Path, connections: int, duration: int
+    url: str,
+    script: Path,
+    bodies: Path,
+    connections: int,
+    duration: int,
+    cpu: int | None = None,
 ) -> dict[str, Any]:
     cmd = wrk_command(url, script, bodies, connections, duration)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, preexec_fn=pinned(cpu)
+    ).stdout
     return parse_wrk(cmd, out)
 
 
@@ -415,6 +433,11 @@ def main() -> int:
         "--rounds", type=int, default=3, help="interleaved rounds (heartbeat, bare, ...)"
     )
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers (and their threads) on CPU 0, wrk on CPU 1",
+    )
     parser.add_argument("--log-level", default=os.environ.get("MM_LOG_LEVEL", "info"))
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -423,6 +446,7 @@ def main() -> int:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
         return 2
 
+    server_cpu, wrk_cpu = (0, 1) if args.pin else (None, None)
     work = Path(tempfile.mkdtemp(prefix="mm-bench-"))
     data_dir = work / "data"
     port, bare_port = free_port(), free_port()
@@ -451,6 +475,7 @@ def main() -> int:
             str(data_dir),
         ],
         env=env,
+        preexec_fn=pinned(server_cpu),
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
@@ -473,7 +498,9 @@ def main() -> int:
         script = work / "heartbeat.lua"
         script.write_text(LUA)
 
-        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
+        bare = subprocess.Popen(
+            [sys.executable, "-c", BARE, str(bare_port)], preexec_fn=pinned(server_cpu)
+        )
         wait_healthy(f"http://127.0.0.1:{bare_port}/", bare)
         figures["loadAverageBefore"] = os.getloadavg()[0]
         rounds: dict[str, list[dict[str, Any]]] = {"heartbeat": [], "bare": []}
@@ -485,7 +512,7 @@ def main() -> int:
             # Interleaved, so a noisy neighbour slows both targets alike rather than one.
             for name, (target, pid) in targets.items():
                 cpu = cpu_seconds(pid)
-                result = run_wrk(target, script, bodies, args.connections, args.duration)
+                result = run_wrk(target, script, bodies, args.connections, args.duration, wrk_cpu)
                 result["cpuUsPerRequest"] = round(
                     (cpu_seconds(pid) - cpu) / max(1, result["requests"]) * 1e6, 1
                 )
