@@ -17,7 +17,7 @@ from aiohttp import web
 
 from controlplane import keys
 from controlplane.errors import ApiError, PayloadTooLarge, envelope
-from controlplane.http import Handler, encode, operation_of
+from controlplane.http import Handler, operation_of, raw
 from shared.errors import ErrorCode
 from shared.logs import get_logger
 
@@ -43,12 +43,7 @@ _HTTP_CODES = {
 def _error_response(
     status: int, code: str, message: str, details: object, request_id: str, headers: dict[str, str]
 ) -> web.Response:
-    response = web.Response(
-        body=encode(envelope(code, message, details, request_id)),
-        status=status,
-        content_type="application/json",
-        charset="utf-8",
-    )
+    response = raw(envelope(code, message, details, request_id), status)
     for name, value in headers.items():
         response.headers[name] = value
     return response

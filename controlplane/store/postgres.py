@@ -7,14 +7,12 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from controlplane.store.base import Connection, Dialect, Row
-
-T = TypeVar("T")
+from controlplane.store.base import Connection, Dialect, Row, T
 
 _PLACEHOLDER = re.compile(r"\?")
 

@@ -8,16 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import aiosqlite
 
-from controlplane.store.base import Connection, Dialect, Row
+from controlplane.store.base import Connection, Dialect, Row, T
 
 sqlite3.register_adapter(Decimal, str)
 
 _READERS = 3
-T = TypeVar("T")
 
 
 class SqliteConnection:
