@@ -17,6 +17,7 @@ from controlplane.store.base import Connection, Dialect, Row, T
 sqlite3.register_adapter(Decimal, str)
 
 _READERS = 3
+_BUSY_TIMEOUT_MS = 10_000
 
 
 class SqliteConnection:
@@ -50,11 +51,10 @@ class SqliteConnection:
 
 
 class InlineConnection:
-    """The :class:`Connection` protocol on the raw ``sqlite3`` connection, inside its own thread.
+    """The :class:`Connection` protocol on the raw ``sqlite3`` connection, in the calling thread.
 
     Every method runs its statement at once and returns without suspending, so a unit of work
-    written against the protocol runs to completion in the writer's thread (see
-    :meth:`SqliteStore.run_write`).
+    written against the protocol runs to completion in one go (see :meth:`SqliteStore.run_write`).
     """
 
     dialect: Dialect = "sqlite"
@@ -90,10 +90,26 @@ def _run_inline(work: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a unit of work run in the SQLite writer's thread awaited something else")
 
 
+def _begin_without_waiting(raw: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` now, or ``False`` when another process holds the write lock."""
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    return True
+
+
 async def _open(path: str, *, readonly: bool) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    # The writer is also used from the event loop's thread (run_write), never at the same time
+    # as from its own: the write lock serialises every use.
+    conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=readonly)
     conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA busy_timeout = 10000")
+    await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA foreign_keys = ON")
     if readonly:
         await conn.execute("PRAGMA query_only = ON")
@@ -114,7 +130,8 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        # Whether run_write may run a transaction whole in the writer's thread (see there).
+        self._commit: asyncio.Future[Any] | None = None
+        # Whether run_write may use the writer's raw connection (see there).
         self.one_trip_writes = all(
             hasattr(aiosqlite.Connection, name) for name in ("_execute", "_conn")
         )
@@ -148,21 +165,51 @@ class SqliteStore:
             await self._writer.execute("COMMIT")
 
     async def run_write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """``work`` in one write transaction, run whole in the writer's thread: one trip there and
-        back instead of one per statement (each trip wakes the event loop and hands the GIL from
-        one thread to the other). ``work`` may await only the connection it is given.
+        """``work`` in one write transaction: its statements on the event loop's thread, its
+        ``COMMIT`` in the writer's thread. ``work`` may await only the connection it is given.
 
-        aiosqlite runs a callable in its thread only through private members (``_execute``,
-        ``_conn``); without them this falls back to :meth:`write`, one trip per statement
-        (``tests/test_store_sqlite.py`` fails if the installed aiosqlite lacks them).
+        A heartbeat batch's statements are a millisecond or two of CPU. Run in the writer's
+        thread, they took the GIL back from the busy event loop after every statement, and the
+        two threads ran one after the other anyway; on the loop's thread they cost a fifth less
+        (``benchmarks/heartbeat_load.py``). The ``COMMIT`` waits for the disk (``fsync``), so it
+        still runs in the writer's thread and the loop serves requests meanwhile.
+
+        When another process holds the database's write lock, ``BEGIN`` would wait on the loop's
+        thread: it is tried without waiting, and if refused the transaction runs whole in the
+        writer's thread, which waits there (``busy_timeout``).
+
+        The loop's thread reaches the raw connection only through aiosqlite's private members
+        (``_execute``, ``_conn``); without them this falls back to :meth:`write`, one trip to the
+        writer's thread per statement (``tests/controlplane/test_store_bulk.py`` fails first).
         """
         assert self._writer is not None, "store is not open"
-        run_in_thread = getattr(self._writer, "_execute", None) if self.one_trip_writes else None
-        if run_in_thread is None:
+        writer = self._writer
+        if not self.one_trip_writes:
             async with self.write() as conn:
                 return await work(conn)
         async with self._write_lock:
-            return cast(T, await run_in_thread(self._transaction, work))
+            if self._commit is not None and not self._commit.done():
+                # A COMMIT whose caller was cancelled is still running in the writer's thread.
+                await asyncio.wait([self._commit])
+            raw: sqlite3.Connection = getattr(writer, "_conn")  # noqa: B009 - private member
+            if not _begin_without_waiting(raw):
+                return cast(T, await getattr(writer, "_execute")(self._transaction, work))  # noqa: B009
+            try:
+                result = _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            self._commit = asyncio.ensure_future(getattr(writer, "_execute")(raw.execute, "COMMIT"))  # noqa: B009
+            try:
+                # Shielded: the COMMIT runs whatever happens to the caller.
+                await asyncio.shield(self._commit)
+            except asyncio.CancelledError:
+                raise  # the COMMIT goes on; the next run_write waits for it (above)
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+            return result
 
     def _transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """In the writer's thread: ``BEGIN IMMEDIATE``, ``work``, ``COMMIT`` (``ROLLBACK``)."""
