@@ -23,7 +23,7 @@ from controlplane.api import (
     runtime_endpoints,
     tasks,
 )
-from controlplane.middleware import auth_middleware, error_middleware
+from controlplane.middleware import pipeline
 from controlplane.openapi import OpenApiCache
 from controlplane.services.auth import ApiKeyAuthenticator, ensure_admin_key
 from controlplane.services.catalogue import CatalogueHolder
@@ -101,7 +101,7 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, *, run_sweeper: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[metrics.metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[pipeline],
         client_max_size=settings.server.max_body_bytes,
         handler_args={"max_line_size": MAX_REQUEST_LINE},
     )

@@ -106,6 +106,28 @@ def test_no_auth_on_loopback_warns_loudly_and_serves_anonymous(tmp_path: Path) -
     assert not (tmp_path / "data" / "admin-api-key").exists()
 
 
+def test_log_lines_carry_the_id_of_their_request(tmp_path: Path) -> None:
+    cp = ControlPlaneProcess(tmp_path / "data", args=["--no-auth"]).start()
+    try:
+        request = urllib.request.Request(  # noqa: S310 - local URL
+            cp.url + "/api/v1/no-such-route", headers={"x-request-id": "probe-42"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)  # noqa: S310 - local URL
+        assert refused.value.code == 404
+        refused.value.close()
+        assert _get(cp.url + "/health")[0] == 200
+    finally:
+        cp.stop()
+    lines = [json.loads(x) for x in cp.output().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x.get("msg") == "request"]
+    assert [(x["path"], x["requestId"]) for x in access if x["status"] == 404] == [
+        ("/api/v1/no-such-route", "probe-42")
+    ]
+    # A line logged outside any request carries no request id.
+    assert all("requestId" not in x for x in lines if x.get("msg") == "stopping")
+
+
 def test_invalid_setting_exits_78_naming_the_setting(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "controlplane", "serve", "--data-dir", str(tmp_path)],

@@ -638,11 +638,8 @@ async def test_successful_heartbeats_are_logged_at_debug_and_failures_at_info(
     capsys.readouterr()
     assert (await heartbeat(api, agent)).status == 200
     assert "machine-agents/heartbeat" not in capsys.readouterr().out  # INFO level: not logged
-    assert_error(
-        await heartbeat(api, agent, [endpoint_entry("vllm", "http://v")]),
-        403,
-        "AGENT_POLICY_DENIED",
-    )
+    denied = await heartbeat(api, agent, [endpoint_entry("vllm", "http://v")])
+    assert_error(denied, 403, "AGENT_POLICY_DENIED")
     line = [x for x in capsys.readouterr().out.splitlines() if "machine-agents/heartbeat" in x]
     assert len(line) == 1
     assert "status=403" in line[0]
