@@ -1,13 +1,15 @@
 """The heartbeat batch's storage primitives, on SQLite and on PostgreSQL.
 
 ``select_rows`` / ``update_rows`` (one JSON statement each on SQLite, plain statements on
-PostgreSQL) must give exactly what plain statements give, and ``run_write`` (the whole
-transaction in SQLite's writer thread) must commit and roll back like ``write``.
+PostgreSQL) must give exactly what plain statements give, and ``run_write`` (on SQLite: the
+statements on the event loop's thread, the COMMIT in the writer's) must commit and roll back like
+``write``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,52 @@ async def test_sqlite_writer_thread_refuses_work_that_suspends(tmp_path: Path) -
         with pytest.raises(RuntimeError, match="awaited something else"):
             await store.run_write(lambda conn: _insert_and(conn, "suspend"))
         assert await _all(store) == before
+    finally:
+        await store.close()
+
+
+async def test_sqlite_run_write_waits_off_the_loop_while_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    """BEGIN on the loop's thread never waits: the transaction moves to the writer's thread."""
+    path = tmp_path / "mm.sqlite3"
+    store = await _open_with_scratch(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process's write lock
+        other.execute("UPDATE scratch SET note = 'other' WHERE id = 'r2'")
+        write = asyncio.create_task(store.run_write(lambda conn: _insert_and(conn, "commit")))
+        ticks = 0
+        while ticks < 20:  # 0.2 s during which the event loop keeps running
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 10) == "done"
+        rows = await _all(store)
+        assert rows["new"] == (1, "n", None)
+        assert rows["r2"][2] == "other"
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_commit_of_a_cancelled_run_write_completes(tmp_path: Path) -> None:
+    store = await _open_with_scratch(f"sqlite:///{tmp_path / 'mm.sqlite3'}")
+    try:
+        first = asyncio.create_task(store.run_write(lambda conn: _insert_and(conn, "commit")))
+        await asyncio.sleep(0)  # the statements ran; the COMMIT is in the writer's thread
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        async def second(conn: Connection) -> None:
+            await conn.execute("UPDATE scratch SET note = 'after' WHERE id = 'r3'")
+
+        await store.run_write(second)
+        rows = await _all(store)
+        assert rows["new"] == (1, "n", None)  # the cancelled caller's transaction committed
+        assert rows["r3"][2] == "after"
     finally:
         await store.close()
 
