@@ -310,7 +310,7 @@ class HeartbeatService:
         return await self._store.run_write(partial(self._apply_in, batch))
 
     async def _apply_in(self, batch: list[_Pending], conn: Connection) -> list[Result | ApiError]:
-        """The batch's transaction; on SQLite it runs in the writer's thread (awaits only conn)."""
+        """The batch's transaction; on SQLite it runs without suspending (awaits only conn)."""
         machine_ids = sorted({p.request.machine_id for p in batch})
         agent_ids = sorted({p.request.agent_id for p in batch})
         now = now_ms()

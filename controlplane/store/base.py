@@ -63,7 +63,7 @@ class Store(Protocol):
     async def run_write(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """``work(conn)`` in one write transaction, like :meth:`write`.
 
-        SQLite runs the whole of ``work`` in its writer's thread, in one trip instead of one per
+        SQLite runs the statements of ``work`` at once, without a trip to its writer's thread per
         statement, so ``work`` must await nothing but the connection it is given.
         """
         ...

@@ -170,8 +170,8 @@ class SqliteStore:
 
         A heartbeat batch's statements are a millisecond or two of CPU. Run in the writer's
         thread, they took the GIL back from the busy event loop after every statement, and the
-        two threads ran one after the other anyway; on the loop's thread they cost a fifth less
-        (``benchmarks/heartbeat_load.py``). The ``COMMIT`` waits for the disk (``fsync``), so it
+        two threads ran one after the other anyway; on the loop's thread a heartbeat costs about a
+        tenth less CPU (``benchmarks/heartbeat_load.py``). The ``COMMIT`` waits for the disk (``fsync``), so it
         still runs in the writer's thread and the loop serves requests meanwhile.
 
         When another process holds the database's write lock, ``BEGIN`` would wait on the loop's
