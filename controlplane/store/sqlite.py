@@ -90,6 +90,15 @@ def _run_inline(work: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a unit of work run in the SQLite writer's thread awaited something else")
 
 
+def _statements(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Inside an open transaction: ``work``'s statements, or ``ROLLBACK`` if it raises."""
+    try:
+        return _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
+    except BaseException:
+        raw.execute("ROLLBACK")
+        raise
+
+
 def _begin_without_waiting(raw: sqlite3.Connection) -> bool:
     """``BEGIN IMMEDIATE`` now, or ``False`` when another process holds the write lock."""
     raw.execute("PRAGMA busy_timeout = 0")
@@ -194,11 +203,7 @@ class SqliteStore:
             raw: sqlite3.Connection = getattr(writer, "_conn")  # noqa: B009 - private member
             if not _begin_without_waiting(raw):
                 return cast(T, await getattr(writer, "_execute")(self._transaction, work))  # noqa: B009
-            try:
-                result = _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
-            except BaseException:
-                raw.execute("ROLLBACK")
-                raise
+            result = _statements(raw, work)
             self._commit = asyncio.ensure_future(getattr(writer, "_execute")(raw.execute, "COMMIT"))  # noqa: B009
             try:
                 # Shielded: the COMMIT runs whatever happens to the caller.
@@ -215,11 +220,7 @@ class SqliteStore:
         """In the writer's thread: ``BEGIN IMMEDIATE``, ``work``, ``COMMIT`` (``ROLLBACK``)."""
         raw: sqlite3.Connection = getattr(self._writer, "_conn")  # noqa: B009 - private member
         raw.execute("BEGIN IMMEDIATE")
-        try:
-            result = _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
+        result = _statements(raw, work)
         raw.execute("COMMIT")
         return result
 
