@@ -95,7 +95,8 @@ def _statements(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[
     try:
         return _run_inline(cast(Coroutine[Any, Any, T], work(InlineConnection(raw))))
     except BaseException:
-        raw.execute("ROLLBACK")
+        if raw.in_transaction:  # some errors (SQLITE_FULL, IOERR) have rolled it back already
+            raw.execute("ROLLBACK")
         raise
 
 
