@@ -87,7 +87,7 @@ def _run_inline(work: Coroutine[Any, Any, T]) -> T:
     except StopIteration as done:
         return cast(T, done.value)
     work.close()
-    raise RuntimeError("a unit of work run in the SQLite writer's thread awaited something else")
+    raise RuntimeError("a unit of work run by SqliteStore.run_write awaited something else")
 
 
 def _statements(raw: sqlite3.Connection, work: Callable[[Connection], Awaitable[T]]) -> T:
@@ -140,7 +140,7 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        self._commit: asyncio.Future[Any] | None = None
+        self._in_thread: asyncio.Future[Any] | None = None
         # Whether run_write may use the writer's raw connection (see there).
         self.one_trip_writes = all(
             hasattr(aiosqlite.Connection, name) for name in ("_execute", "_conn")
@@ -180,9 +180,10 @@ class SqliteStore:
 
         A heartbeat batch's statements are a millisecond or two of CPU. Run in the writer's
         thread, they took the GIL back from the busy event loop after every statement, and the
-        two threads ran one after the other anyway; on the loop's thread a heartbeat costs about a
-        tenth less CPU (``benchmarks/heartbeat_load.py``). The ``COMMIT`` waits for the disk (``fsync``), so it
-        still runs in the writer's thread and the loop serves requests meanwhile.
+        two threads ran one after the other anyway; on the loop's thread a heartbeat costs about
+        a tenth less CPU (``benchmarks/heartbeat_load.py``). The ``COMMIT`` waits for the disk
+        (``fsync``), so it still runs in the writer's thread and the loop serves requests
+        meanwhile.
 
         When another process holds the database's write lock, ``BEGIN`` would wait on the loop's
         thread: it is tried without waiting, and if refused the transaction runs whole in the
@@ -193,22 +194,19 @@ class SqliteStore:
         writer's thread per statement (``tests/controlplane/test_store_bulk.py`` fails first).
         """
         assert self._writer is not None, "store is not open"
-        writer = self._writer
         if not self.one_trip_writes:
             async with self.write() as conn:
                 return await work(conn)
         async with self._write_lock:
-            if self._commit is not None and not self._commit.done():
-                # A COMMIT whose caller was cancelled is still running in the writer's thread.
-                await asyncio.wait([self._commit])
-            raw: sqlite3.Connection = getattr(writer, "_conn")  # noqa: B009 - private member
+            if self._in_thread is not None and not self._in_thread.done():
+                # What a cancelled caller handed to the writer's thread is still running there.
+                await asyncio.wait([self._in_thread])
+            raw: sqlite3.Connection = getattr(self._writer, "_conn")  # noqa: B009 - private member
             if not _begin_without_waiting(raw):
-                return cast(T, await getattr(writer, "_execute")(self._transaction, work))  # noqa: B009
+                return cast(T, await self._in_writer_thread(self._transaction, work))
             result = _statements(raw, work)
-            self._commit = asyncio.ensure_future(getattr(writer, "_execute")(raw.execute, "COMMIT"))  # noqa: B009
             try:
-                # Shielded: the COMMIT runs whatever happens to the caller.
-                await asyncio.shield(self._commit)
+                await self._in_writer_thread(raw.execute, "COMMIT")
             except asyncio.CancelledError:
                 raise  # the COMMIT goes on; the next run_write waits for it (above)
             except BaseException:
@@ -216,6 +214,13 @@ class SqliteStore:
                     raw.execute("ROLLBACK")
                 raise
             return result
+
+    async def _in_writer_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the writer's thread. Shielded: if the caller is cancelled, it still
+        runs to the end, and the next :meth:`run_write` waits for it."""
+        run = getattr(self._writer, "_execute")  # noqa: B009 - private member
+        self._in_thread = asyncio.ensure_future(run(fn, *args))
+        return await asyncio.shield(self._in_thread)
 
     def _transaction(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """In the writer's thread: ``BEGIN IMMEDIATE``, ``work``, ``COMMIT`` (``ROLLBACK``)."""
